@@ -1,0 +1,9 @@
+//! The gRPC server kit every service is built with, and the tower layers it installs.
+
+mod context;
+mod red;
+mod server;
+
+pub use context::{REQUEST_ID_HEADER, RequestContextLayer};
+pub use red::RedMetricsLayer;
+pub use server::{GrpcServer, ServeError};

@@ -1,0 +1,219 @@
+//! The server builder every service uses: health, reflection (v1 and v1alpha), grpc-web,
+//! request context, RED metrics and graceful shutdown, so no service repeats them.
+
+use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
+
+use http::{Request, Response};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    body::Body,
+    server::NamedService,
+    service::RoutesBuilder,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+use tower::Service;
+
+use super::{RedMetricsLayer, RequestContextLayer};
+use crate::config::ShutdownArgs;
+
+const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+const REFLECTION_SERVICES: [&str; 2] = [
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("reflection set-up failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+type ReadyFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A gRPC server under construction. Add the service's API with [`GrpcServer::add_service`], say
+/// when its dependencies answer with [`GrpcServer::ready_when`], then [`GrpcServer::serve`].
+pub struct GrpcServer {
+    name: String,
+    routes: RoutesBuilder,
+    services: Vec<&'static str>,
+    descriptor_sets: Vec<&'static [u8]>,
+    health: HealthReporter,
+    ready: Option<ReadyFuture>,
+    shutdown: ShutdownArgs,
+}
+
+impl GrpcServer {
+    /// `name` labels logs (`user-service`); `descriptor_set` is what reflection serves.
+    pub fn new(
+        name: impl Into<String>,
+        descriptor_set: &'static [u8],
+        shutdown: ShutdownArgs,
+    ) -> Self {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(health_service);
+        Self {
+            name: name.into(),
+            routes,
+            services: Vec::new(),
+            descriptor_sets: vec![descriptor_set],
+            health,
+            ready: None,
+            shutdown,
+        }
+    }
+
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Error = Infallible, Response = Response<Body>>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.routes.add_service(service);
+        self.services.push(S::NAME);
+        self
+    }
+
+    /// Health stays NOT_SERVING until `ready` completes (e.g. the database answered a ping).
+    /// Without it the server is ready as soon as it listens.
+    pub fn ready_when(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
+        self.ready = Some(Box::pin(ready));
+        self
+    }
+
+    /// The health reporter, for parts that later go NOT_SERVING (an open circuit breaker).
+    pub fn health(&self) -> HealthReporter {
+        self.health.clone()
+    }
+
+    /// Serves on `listener` until `shutdown` is cancelled, then: health goes NOT_SERVING, the
+    /// server keeps answering for the drain delay (so probes and load balancers see it), stops
+    /// accepting, and gives in-flight calls the grace period before it returns.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), ServeError> {
+        let Self {
+            name,
+            mut routes,
+            services,
+            descriptor_sets,
+            health,
+            ready,
+            shutdown: timing,
+        } = self;
+        let health_names: Vec<&str> = std::iter::once("")
+            .chain(services.iter().copied())
+            .collect();
+        set_status(&health, &health_names, ServingStatus::NotServing).await;
+
+        routes.add_service(reflection(&descriptor_sets, &services).build_v1()?);
+        routes.add_service(reflection(&descriptor_sets, &services).build_v1alpha()?);
+        let known = services
+            .iter()
+            .copied()
+            .chain([HEALTH_SERVICE])
+            .chain(REFLECTION_SERVICES);
+        let layers = tower::ServiceBuilder::new()
+            .layer(RequestContextLayer)
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(RedMetricsLayer::new(known));
+
+        let addr = listener.local_addr().ok();
+        tracing::info!(service = %name, ?addr, "grpc server listening");
+
+        let readiness = {
+            let health = health.clone();
+            let names: Vec<String> = health_names.iter().map(|s| (*s).to_owned()).collect();
+            let name = name.clone();
+            async move {
+                if let Some(ready) = ready {
+                    ready.await;
+                }
+                set_status(&health, &names, ServingStatus::Serving).await;
+                tracing::info!(service = %name, "serving");
+            }
+        };
+
+        let drained = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            let names: Vec<String> = health_names.iter().map(|s| (*s).to_owned()).collect();
+            let name = name.clone();
+            let drain_delay = timing.shutdown_drain_delay;
+            async move {
+                shutdown.cancelled().await;
+                set_status(&health, &names, ServingStatus::NotServing).await;
+                tracing::info!(service = %name, ?drain_delay, "not serving; draining");
+                tokio::time::sleep(drain_delay).await;
+            }
+        };
+
+        let server = Server::builder()
+            .accept_http1(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .layer(layers)
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), drained);
+        let deadline = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(timing.shutdown_drain_delay + timing.shutdown_grace_period).await;
+        };
+
+        tokio::pin!(server, readiness, deadline);
+        let mut ready_done = false;
+        loop {
+            tokio::select! {
+                result = &mut server => {
+                    tracing::info!(service = %name, "grpc server stopped");
+                    return result.map_err(ServeError::from);
+                }
+                () = &mut readiness, if !ready_done => ready_done = true,
+                () = &mut deadline => {
+                    tracing::warn!(service = %name, grace = ?timing.shutdown_grace_period, "grace period over; abandoning in-flight calls");
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+async fn set_status(health: &HealthReporter, names: &[impl AsRef<str>], status: ServingStatus) {
+    for name in names {
+        health.set_service_status(name, status).await;
+    }
+}
+
+/// Reflection advertises only what this server serves, though the descriptor set holds every
+/// service of the mesh. The builder is not `Clone`, hence one per protocol version.
+fn reflection<'a>(
+    descriptor_sets: &[&'a [u8]],
+    services: &[&'static str],
+) -> tonic_reflection::server::Builder<'a> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET)
+        .include_reflection_service(false);
+    for set in descriptor_sets {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    for name in services
+        .iter()
+        .copied()
+        .chain([HEALTH_SERVICE])
+        .chain(REFLECTION_SERVICES)
+    {
+        builder = builder.with_service_name(name);
+    }
+    builder
+}

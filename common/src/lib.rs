@@ -1,0 +1,12 @@
+//! What every shop service shares: configuration, telemetry, the gRPC server kit, metrics,
+//! shutdown signalling and the error convention.
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod process;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::Error;

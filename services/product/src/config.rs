@@ -1,0 +1,19 @@
+//! Settings of the product service, from flags or the environment.
+
+use std::net::SocketAddr;
+
+use shop_common::config::ShutdownArgs;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address of the gRPC server (health, reflection and grpc-web included).
+    #[arg(
+        long = "listen",
+        env = "PRODUCT_GRPC_ADDR",
+        default_value = "0.0.0.0:50052"
+    )]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}

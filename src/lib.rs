@@ -1,0 +1,4 @@
+//! The operator CLI's library, shared by the `shop` binary and the system tests: `up` runs every
+//! service and the gateway in one process.
+
+pub mod up;

@@ -1,0 +1,58 @@
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use shop::up::{self, UpArgs};
+use shop_common::{
+    config::{TelemetryArgs, exit_on_config_error},
+    shutdown, telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Operator CLI for the shop mesh.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run every service and the gateway in this process, on the embedded defaults.
+    Up(UpArgs),
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let telemetry =
+        telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
+    let code = match cli.command {
+        Command::Up(args) => run_up(&args).await,
+    };
+    telemetry.shutdown();
+    code
+}
+
+async fn run_up(args: &UpArgs) -> ExitCode {
+    let token = CancellationToken::new();
+    let system = up::start(args, token.clone())
+        .await
+        .unwrap_or_else(|e| exit_on_config_error(&e));
+    let signals = shutdown::cancel_on_signal(token);
+    println!("shop is up:\n{}Press Ctrl-C to stop.", system.endpoints);
+    let result = system.wait().await;
+    signals.abort();
+    match result {
+        Ok(()) => {
+            println!("shop stopped");
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("error: {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `shop up`: every service and the gateway in one process, on fixed local ports by default or
+//! on ephemeral ones (port 0) for tests.
+
+use std::{
+    fmt,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+};
+
+use shop_common::{
+    config::{ConfigError, ShutdownArgs, bind},
+    metrics,
+};
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Interface every server binds to.
+    #[arg(long, env = "SHOP_BIND", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bind: IpAddr,
+    /// gRPC port of user-service (0 picks a free one).
+    #[arg(long, env = "SHOP_USER_PORT", default_value_t = 50051)]
+    pub user_port: u16,
+    /// gRPC port of product-service.
+    #[arg(long, env = "SHOP_PRODUCT_PORT", default_value_t = 50052)]
+    pub product_port: u16,
+    /// gRPC port of order-service.
+    #[arg(long, env = "SHOP_ORDER_PORT", default_value_t = 50053)]
+    pub order_port: u16,
+    /// gRPC port of payment-service.
+    #[arg(long, env = "SHOP_PAYMENT_PORT", default_value_t = 50054)]
+    pub payment_port: u16,
+    /// REST port of the gateway.
+    #[arg(long, env = "SHOP_GATEWAY_PORT", default_value_t = 8080)]
+    pub gateway_port: u16,
+    /// Port of the Prometheus `/metrics` endpoint, shared by every service of the process.
+    #[arg(long, env = "SHOP_METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    #[command(flatten)]
+    pub shutdown: ShutdownArgs,
+}
+
+impl UpArgs {
+    /// Every server on an ephemeral loopback port, as the tests run them.
+    pub fn ephemeral() -> Self {
+        Self {
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            user_port: 0,
+            product_port: 0,
+            order_port: 0,
+            payment_port: 0,
+            gateway_port: 0,
+            metrics_port: 0,
+            shutdown: ShutdownArgs::default(),
+        }
+    }
+}
+
+/// Where each part of a running system listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Endpoints {
+    pub user: SocketAddr,
+    pub product: SocketAddr,
+    pub order: SocketAddr,
+    pub payment: SocketAddr,
+    pub gateway: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
+impl fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = [
+            (user_service::NAME, "grpc", self.user.to_string()),
+            (product_service::NAME, "grpc", self.product.to_string()),
+            (order_service::NAME, "grpc", self.order.to_string()),
+            (payment_service::NAME, "grpc", self.payment.to_string()),
+            (gateway::NAME, "http", format!("http://{}", self.gateway)),
+            (
+                "metrics",
+                "http",
+                format!("http://{}/metrics", self.metrics),
+            ),
+        ];
+        for (name, protocol, address) in rows {
+            writeln!(f, "  {name:<16} {protocol:<5} {address}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A part of the system that stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[error("{part} failed: {message}")]
+pub struct PartFailed {
+    pub part: &'static str,
+    pub message: String,
+}
+
+/// The running system. Dropping it does not stop it: cancel the token given to [`start`] and
+/// [`System::wait`].
+pub struct System {
+    pub endpoints: Endpoints,
+    parts: JoinSet<Result<(), PartFailed>>,
+    shutdown: CancellationToken,
+}
+
+/// Binds every listener first, so a taken port fails before anything runs, then starts each part.
+pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System, ConfigError> {
+    let listen = |port| SocketAddr::new(args.bind, port);
+    let user = bind("--user-port", listen(args.user_port)).await?;
+    let product = bind("--product-port", listen(args.product_port)).await?;
+    let order = bind("--order-port", listen(args.order_port)).await?;
+    let payment = bind("--payment-port", listen(args.payment_port)).await?;
+    let gateway = bind("--gateway-port", listen(args.gateway_port)).await?;
+    let metrics = bind("--metrics-port", listen(args.metrics_port)).await?;
+    let endpoints = Endpoints {
+        user: local_addr(&user, "--user-port")?,
+        product: local_addr(&product, "--product-port")?,
+        order: local_addr(&order, "--order-port")?,
+        payment: local_addr(&payment, "--payment-port")?,
+        gateway: local_addr(&gateway, "--gateway-port")?,
+        metrics: local_addr(&metrics, "--metrics-port")?,
+    };
+
+    let mut parts = JoinSet::new();
+    let token = || shutdown.clone();
+    let timing = &args.shutdown;
+    parts.spawn(part(
+        user_service::NAME,
+        user_service::serve(
+            user_service::Config {
+                listen: endpoints.user,
+                shutdown: timing.clone(),
+            },
+            user,
+            token(),
+        ),
+    ));
+    parts.spawn(part(
+        product_service::NAME,
+        product_service::serve(
+            product_service::Config {
+                listen: endpoints.product,
+                shutdown: timing.clone(),
+            },
+            product,
+            token(),
+        ),
+    ));
+    parts.spawn(part(
+        order_service::NAME,
+        order_service::serve(
+            order_service::Config {
+                listen: endpoints.order,
+                shutdown: timing.clone(),
+            },
+            order,
+            token(),
+        ),
+    ));
+    parts.spawn(part(
+        payment_service::NAME,
+        payment_service::serve(
+            payment_service::Config {
+                listen: endpoints.payment,
+                shutdown: timing.clone(),
+            },
+            payment,
+            token(),
+        ),
+    ));
+    parts.spawn(part(
+        gateway::NAME,
+        gateway::serve(
+            gateway::Config {
+                listen: endpoints.gateway,
+            },
+            gateway,
+            token(),
+        ),
+    ));
+    parts.spawn(part("metrics", metrics::serve(metrics, token())));
+    Ok(System {
+        endpoints,
+        parts,
+        shutdown,
+    })
+}
+
+impl System {
+    /// Waits until every part has stopped. When one fails the others are stopped too, and the
+    /// first failure is returned.
+    pub async fn wait(mut self) -> Result<(), PartFailed> {
+        let mut first_failure = None;
+        while let Some(joined) = self.parts.join_next().await {
+            let outcome = joined.unwrap_or_else(|e| {
+                Err(PartFailed {
+                    part: "task",
+                    message: e.to_string(),
+                })
+            });
+            if let Err(failure) = outcome {
+                tracing::error!(part = failure.part, error = %failure.message, "part failed; stopping");
+                self.shutdown.cancel();
+                first_failure.get_or_insert(failure);
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
+    }
+}
+
+async fn part<E: fmt::Display>(
+    name: &'static str,
+    serve: impl Future<Output = Result<(), E>>,
+) -> Result<(), PartFailed> {
+    serve.await.map_err(|e| PartFailed {
+        part: name,
+        message: e.to_string(),
+    })
+}
+
+fn local_addr(listener: &TcpListener, setting: &str) -> Result<SocketAddr, ConfigError> {
+    listener
+        .local_addr()
+        .map_err(|e| ConfigError::new(setting, format!("cannot read the bound address: {e}")))
+}

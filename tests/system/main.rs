@@ -1,0 +1,6 @@
+//! System tests: the whole shop running in-process (or as the real `shop` binary), exercised over
+//! real gRPC, grpc-web and HTTP on loopback.
+
+mod helpers;
+mod process;
+mod server_kit;

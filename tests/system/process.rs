@@ -1,0 +1,166 @@
+//! The real `shop` binary: start-up, SIGTERM handling and configuration errors.
+
+use std::{collections::HashMap, process::Stdio, time::Duration};
+
+use anyhow::{Context as _, bail};
+use tokio::{
+    io::{AsyncBufReadExt as _, BufReader},
+    process::{Child, Command},
+};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+use crate::helpers::{channel, health_status, wait_for_health};
+
+fn shop() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
+    command
+        .arg("up")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for port in ["USER", "PRODUCT", "ORDER", "PAYMENT", "GATEWAY", "METRICS"] {
+        command.env(format!("SHOP_{port}_PORT"), "0");
+    }
+    command
+}
+
+/// Reads the start-up table (`  user-service     grpc  127.0.0.1:PORT`) until the Ctrl-C line.
+async fn endpoints(child: &mut Child) -> anyhow::Result<HashMap<String, String>> {
+    let stdout = child.stdout.take().context("stdout is piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut found = HashMap::new();
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            if line.starts_with("Press Ctrl-C") {
+                return Ok(found);
+            }
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let [name, "grpc" | "http", address] = fields[..] {
+                found.insert(name.to_owned(), address.to_owned());
+            }
+        }
+        bail!("shop exited before printing its endpoints")
+    };
+    let found = tokio::time::timeout(Duration::from_secs(30), read).await??;
+    // Keep draining stdout so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(found)
+}
+
+async fn exit_status_and_stderr(command: &mut Command) -> anyhow::Result<(Option<i32>, String)> {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output()).await??;
+    Ok((output.status.code(), String::from_utf8(output.stderr)?))
+}
+
+#[tokio::test]
+async fn shop_up_serves_health_on_every_grpc_port() -> anyhow::Result<()> {
+    let mut child = shop().spawn()?;
+    let endpoints = endpoints(&mut child).await?;
+    for service in [
+        "user-service",
+        "product-service",
+        "order-service",
+        "payment-service",
+    ] {
+        let address = endpoints.get(service).context("service in the table")?;
+        let channel = channel(address.parse()?).await?;
+        wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(10)).await?;
+    }
+    assert!(endpoints.contains_key("gateway") && endpoints.contains_key("metrics"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_turns_health_not_serving_then_exits_zero() -> anyhow::Result<()> {
+    let mut child = shop().env("SHUTDOWN_DRAIN_DELAY", "2s").spawn()?;
+    let endpoints = endpoints(&mut child).await?;
+    let address = endpoints.get("order-service").context("order-service")?;
+    let channel = channel(address.parse()?).await?;
+    wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(10)).await?;
+
+    let pid = child.id().context("child is running")?;
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await?;
+    assert!(killed.success());
+    // During the drain delay the server still answers, and says it is going away.
+    wait_for_health(&channel, ServingStatus::NotServing, Duration::from_secs(2)).await?;
+
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait()).await??;
+    assert_eq!(status.code(), Some(0), "shop must exit 0 after SIGTERM");
+    assert!(
+        health_status(&channel, "").await.is_err(),
+        "nothing answers after exit"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unparseable_port_exits_non_zero_naming_the_setting() -> anyhow::Result<()> {
+    let (code, stderr) = exit_status_and_stderr(shop().env("SHOP_USER_PORT", "fifty")).await?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--user-port"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_taken_port_exits_non_zero_naming_the_setting() -> anyhow::Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = taken.local_addr()?.port().to_string();
+    let (code, stderr) = exit_status_and_stderr(shop().env("SHOP_GATEWAY_PORT", &port)).await?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("--gateway-port"), "{stderr}");
+    assert!(stderr.contains(&port), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_secret_file_exits_non_zero_naming_the_setting() -> anyhow::Result<()> {
+    let (code, stderr) = exit_status_and_stderr(shop().env(
+        "OTEL_EXPORTER_OTLP_HEADERS_FILE",
+        "/nonexistent/otlp-headers",
+    ))
+    .await?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_HEADERS_FILE"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/nonexistent/otlp-headers"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_secret_file_is_read_and_its_content_checked() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let bad = dir.path().join("bad-headers");
+    std::fs::write(&bad, "x-api-key=abc,secret-without-a-value\n")?;
+    let (code, stderr) =
+        exit_status_and_stderr(shop().env("OTEL_EXPORTER_OTLP_HEADERS_FILE", &bad)).await?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_HEADERS_FILE"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("header #2 is not key=value"), "{stderr}");
+    assert!(
+        !stderr.contains("secret-without"),
+        "secrets stay out of errors: {stderr}"
+    );
+
+    let good = dir.path().join("good-headers");
+    std::fs::write(&good, "x-api-key=abc\n")?;
+    let mut child = shop()
+        .env("OTEL_EXPORTER_OTLP_HEADERS_FILE", &good)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+        .spawn()?;
+    let endpoints = endpoints(&mut child).await?;
+    let address = endpoints.get("user-service").context("user-service")?;
+    let channel = channel(address.parse()?).await?;
+    wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(10)).await?;
+    Ok(())
+}
