@@ -133,13 +133,24 @@ async fn a_grpc_web_call_over_http1_gets_an_answer() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn split_frame(bytes: &[u8]) -> anyhow::Result<((u8, &[u8]), &[u8])> {
+/// A grpc-web frame read back: its flag byte and payload.
+struct Frame<'a> {
+    flag: u8,
+    payload: &'a [u8],
+}
+
+/// Splits the first frame off `bytes`, returning it and the rest.
+fn split_frame(bytes: &[u8]) -> anyhow::Result<(Frame<'_>, &[u8])> {
     let header = bytes.get(..5).context("frame header")?;
     let len = usize::try_from(u32::from_be_bytes([
         header[1], header[2], header[3], header[4],
     ]))?;
     let payload = bytes.get(5..5 + len).context("frame payload")?;
-    Ok(((header[0], payload), &bytes[5 + len..]))
+    let frame = Frame {
+        flag: header[0],
+        payload,
+    };
+    Ok((frame, &bytes[5 + len..]))
 }
 
 #[tokio::test]
