@@ -3,11 +3,13 @@
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` on the first SIGTERM or SIGINT (Ctrl-C). The caller owns the returned task.
+/// Cancels `token` on the first SIGTERM or SIGINT (Ctrl-C). The SIGTERM handler is installed
+/// before this returns, so a signal sent right after is not missed. The caller owns the task.
 pub fn cancel_on_signal(token: CancellationToken) -> JoinHandle<()> {
+    let mut terminate = Terminate::install();
     tokio::spawn(async move {
         tokio::select! {
-            () = terminate() => tracing::info!(signal = "SIGTERM", "shutting down"),
+            () = terminate.recv() => tracing::info!(signal = "SIGTERM", "shutting down"),
             result = tokio::signal::ctrl_c() => match result {
                 Ok(()) => tracing::info!(signal = "SIGINT", "shutting down"),
                 Err(error) => tracing::error!(%error, "cannot listen for Ctrl-C; shutting down"),
@@ -18,21 +20,33 @@ pub fn cancel_on_signal(token: CancellationToken) -> JoinHandle<()> {
     })
 }
 
-#[cfg(unix)]
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut sigterm) => {
-            sigterm.recv().await;
-        }
-        Err(error) => {
-            tracing::error!(%error, "cannot listen for SIGTERM");
-            std::future::pending::<()>().await;
-        }
-    }
+/// SIGTERM, where the platform has it.
+struct Terminate {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
 }
 
-#[cfg(not(unix))]
-async fn terminate() {
-    std::future::pending::<()>().await;
+impl Terminate {
+    #[cfg(unix)]
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signal = signal(SignalKind::terminate())
+            .inspect_err(|error| tracing::error!(%error, "cannot listen for SIGTERM"))
+            .ok();
+        Self { signal }
+    }
+
+    #[cfg(not(unix))]
+    fn install() -> Self {
+        Self {}
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signal) = &mut self.signal {
+            signal.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }

@@ -1,5 +1,6 @@
 //! The gRPC server kit every service is built with, and the tower layers it installs.
 
+mod abortable;
 mod context;
 mod red;
 mod server;

@@ -15,7 +15,9 @@ use tonic::{
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::Service;
 
-use super::{RedMetricsLayer, RequestContextLayer};
+use tokio_stream::StreamExt as _;
+
+use super::{RedMetricsLayer, RequestContextLayer, abortable::Abortable};
 use crate::config::ShutdownArgs;
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -158,12 +160,18 @@ impl GrpcServer {
             }
         };
 
+        let abort = CancellationToken::new();
+        let incoming = {
+            let abort = abort.clone();
+            TcpIncoming::from(listener)
+                .map(move |io| io.map(|io| Abortable::new(io, abort.clone())))
+        };
         let server = Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(layers)
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), drained);
+            .serve_with_incoming_shutdown(incoming, drained);
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(timing.shutdown_drain_delay + timing.shutdown_grace_period).await;
@@ -178,9 +186,9 @@ impl GrpcServer {
                     return result.map_err(ServeError::from);
                 }
                 () = &mut readiness, if !ready_done => ready_done = true,
-                () = &mut deadline => {
-                    tracing::warn!(service = %name, grace = ?timing.shutdown_grace_period, "grace period over; abandoning in-flight calls");
-                    return Ok(());
+                () = &mut deadline, if !abort.is_cancelled() => {
+                    tracing::warn!(service = %name, grace = ?timing.shutdown_grace_period, "grace period over; closing connections with calls in flight");
+                    abort.cancel();
                 }
             }
         }
