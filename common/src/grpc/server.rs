@@ -130,8 +130,12 @@ impl GrpcServer {
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RedMetricsLayer::new(known));
 
-        let addr = listener.local_addr().ok();
-        tracing::info!(service = %name, ?addr, "grpc server listening");
+        match listener.local_addr() {
+            Ok(addr) => tracing::info!(service = %name, %addr, "grpc server listening"),
+            Err(error) => {
+                tracing::warn!(service = %name, %error, "grpc server listening on an unknown address")
+            }
+        }
 
         let readiness = {
             let health = health.clone();

@@ -31,7 +31,9 @@ pub async fn serve(
             get(|| async { Json(json!({ "status": "SERVING" })) }),
         )
         .fallback(no_route);
-    tracing::info!(service = NAME, addr = ?listener.local_addr().ok(), "http server listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(service = NAME, %addr, "http server listening");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await
