@@ -1,0 +1,45 @@
+//! Event counters: published, consumed, retried and dead-lettered, per event type.
+
+use std::sync::LazyLock;
+
+use prometheus::{IntCounterVec, Opts};
+
+pub(crate) struct EventMetrics {
+    pub(crate) published: IntCounterVec,
+    pub(crate) consumed: IntCounterVec,
+    pub(crate) retried: IntCounterVec,
+    pub(crate) dead_lettered: IntCounterVec,
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    crate::metrics::register(counter.clone());
+    counter
+}
+
+pub(crate) fn events() -> &'static EventMetrics {
+    static METRICS: LazyLock<EventMetrics> = LazyLock::new(|| EventMetrics {
+        published: counter(
+            "events_published_total",
+            "Events confirmed by the bus",
+            &["event_type"],
+        ),
+        consumed: counter(
+            "events_consumed_total",
+            "Events a consumer applied and acknowledged",
+            &["consumer", "event_type"],
+        ),
+        retried: counter(
+            "events_retried_total",
+            "Failed deliveries scheduled for another attempt",
+            &["consumer", "event_type"],
+        ),
+        dead_lettered: counter(
+            "events_dead_lettered_total",
+            "Events a consumer gave up on",
+            &["consumer", "event_type"],
+        ),
+    });
+    &METRICS
+}

@@ -1,0 +1,16 @@
+//! Domain events between services: the envelope, the publisher and consumer traits, and the
+//! in-process bus that `shop up` and broker-less tests use. Delivery is at least once; consumers
+//! deduplicate on the event id.
+
+mod bus;
+mod envelope;
+mod memory;
+mod metrics;
+mod topic;
+
+pub use bus::{
+    BoxFuture, BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError,
+    RetryPolicy, Subscription,
+};
+pub use envelope::{Envelope, EnvelopeError};
+pub use memory::InProcessBus;

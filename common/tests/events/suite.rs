@@ -1,0 +1,335 @@
+//! The contract every event bus meets.
+
+use std::{
+    sync::{Arc, Mutex, Once},
+    time::Duration,
+};
+
+use anyhow::{Context as _, bail};
+use opentelemetry::trace::TraceContextExt as _;
+use shop_common::{
+    config::TelemetryArgs,
+    events::{
+        BoxFuture, Envelope, EventBus, EventHandler, HandlerError, RetryPolicy, Subscription,
+    },
+};
+use shop_proto::events::v1::OrderCreated;
+use tokio_util::sync::CancellationToken;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Records what it was given; fails the first `fail_first` attempts of every event.
+#[derive(Default)]
+struct Recorder {
+    fail_first: u32,
+    attempts: Mutex<Vec<String>>,
+    applied: Mutex<Vec<(Envelope, String)>>,
+}
+
+impl Recorder {
+    fn failing(fail_first: u32) -> Arc<Self> {
+        Arc::new(Self {
+            fail_first,
+            ..Self::default()
+        })
+    }
+
+    fn applied_ids(&self) -> Vec<String> {
+        lock(&self.applied)
+            .iter()
+            .map(|(e, _)| e.id().to_owned())
+            .collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl EventHandler for Recorder {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let attempt = {
+                let mut attempts = lock(&self.attempts);
+                attempts.push(envelope.id().to_owned());
+                attempts.iter().filter(|id| *id == envelope.id()).count()
+            };
+            if u32::try_from(attempt).unwrap_or(u32::MAX) <= self.fail_first {
+                return Err(HandlerError::Transient(format!(
+                    "simulated failure {attempt}"
+                )));
+            }
+            let trace_id = tracing::Span::current()
+                .context()
+                .span()
+                .span_context()
+                .trace_id()
+                .to_string();
+            lock(&self.applied).push((envelope.clone(), trace_id));
+            Ok(())
+        })
+    }
+}
+
+fn fast_retries(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_delay: Duration::from_millis(10),
+        multiplier: 2,
+        max_delay: Duration::from_millis(100),
+    }
+}
+
+/// A consumer name no other test uses, so tests sharing a broker never share a queue.
+fn consumer(name: &str) -> String {
+    format!("test-{name}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn order_created(order_id: &str) -> Envelope {
+    Envelope::new(
+        "order.created",
+        "order",
+        order_id,
+        "order-service",
+        &OrderCreated {
+            order_id: order_id.to_owned(),
+            user_id: "user-1".to_owned(),
+            ..OrderCreated::default()
+        },
+    )
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .with_context(|| format!("timed out waiting until {what}"))
+}
+
+async fn subscribe(
+    bus: &impl EventBus,
+    consumer: &str,
+    keys: &[&str],
+    retry: RetryPolicy,
+    handler: Arc<Recorder>,
+) -> anyhow::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    let subscription = Subscription {
+        consumer: consumer.to_owned(),
+        routing_keys: keys.iter().map(|k| (*k).to_owned()).collect(),
+        retry,
+    };
+    // The task ends with the token; tests cancel it (or drop the runtime) when done.
+    drop(bus.subscribe(subscription, handler, stop.clone()).await?);
+    Ok(stop)
+}
+
+pub(crate) async fn a_published_event_reaches_its_subscriber(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let handler = Arc::new(Recorder::default());
+    let name = consumer("round-trip");
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+    let event = order_created("order-1");
+    bus.publish(&event).await?;
+    until("the event is applied", || handler.applied_ids().len() == 1).await?;
+    let (received, _) = lock(&handler.applied)[0].clone();
+    assert_eq!(received, event);
+    let payload: OrderCreated = received.payload()?;
+    assert_eq!(payload.order_id, "order-1");
+    Ok(())
+}
+
+pub(crate) async fn the_trace_context_survives_the_hop(bus: impl EventBus) -> anyhow::Result<()> {
+    static TELEMETRY: Once = Once::new();
+    TELEMETRY.call_once(|| {
+        // Kept for the whole test binary: spans need a tracer provider to get trace ids.
+        std::mem::forget(shop_common::telemetry::init(
+            "events-test",
+            &TelemetryArgs::default(),
+        ));
+    });
+    let handler = Arc::new(Recorder::default());
+    let name = consumer("trace");
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+
+    let span = tracing::info_span!("place_order");
+    let producer_trace = span.context().span().span_context().trace_id().to_string();
+    let event = {
+        let _entered = span.enter();
+        order_created("order-traced")
+    };
+    assert!(
+        event.0.traceparent.contains(&producer_trace),
+        "{}",
+        event.0.traceparent
+    );
+    bus.publish(&event).await?;
+    until("the event is applied", || handler.applied_ids().len() == 1).await?;
+    let (_, consumer_trace) = lock(&handler.applied)[0].clone();
+    assert_eq!(consumer_trace, producer_trace);
+    Ok(())
+}
+
+pub(crate) async fn a_handler_that_keeps_failing_dead_letters_the_event_and_replay_brings_it_back(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    // Fails 3 times; with 3 attempts allowed the event is dead-lettered, and a replay (attempt 4
+    // of the handler) succeeds.
+    let handler = Recorder::failing(3);
+    let name = consumer("dlq");
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+    let event = order_created("order-dlq");
+    bus.publish(&event).await?;
+
+    let mut letters = Vec::new();
+    for _ in 0..500 {
+        letters = bus.dead_letters(&name).await?;
+        if !letters.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let [letter] = &letters[..] else {
+        bail!("expected one dead letter, got {letters:?}");
+    };
+    assert_eq!(letter.envelope.id(), event.id());
+    assert_eq!(letter.attempts, 3);
+    assert_eq!(letter.reason, "simulated failure 3");
+    assert_eq!(lock(&handler.attempts).len(), 3);
+    assert!(handler.applied_ids().is_empty());
+
+    bus.replay(&name, event.id()).await?;
+    until("the replayed event is applied", || {
+        handler.applied_ids().len() == 1
+    })
+    .await?;
+    assert!(bus.dead_letters(&name).await?.is_empty());
+    assert!(
+        bus.replay(&name, event.id()).await.is_err(),
+        "a replayed letter is gone"
+    );
+    Ok(())
+}
+
+pub(crate) async fn a_transient_failure_is_retried_until_it_succeeds(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let handler = Recorder::failing(2);
+    let name = consumer("retry");
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(5),
+        handler.clone(),
+    )
+    .await?;
+    bus.publish(&order_created("order-retry")).await?;
+    until("the event is applied", || handler.applied_ids().len() == 1).await?;
+    assert_eq!(lock(&handler.attempts).len(), 3);
+    assert!(bus.dead_letters(&name).await?.is_empty());
+    Ok(())
+}
+
+pub(crate) async fn events_wait_while_their_consumer_is_stopped(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let handler = Arc::new(Recorder::default());
+    let name = consumer("stopped");
+    let stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let events: Vec<Envelope> = (0..20)
+        .map(|i| order_created(&format!("order-{i}")))
+        .collect();
+    for event in &events {
+        bus.publish(event).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        handler.applied_ids().is_empty(),
+        "nothing is consumed while stopped"
+    );
+
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["order.created"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+    until("every waiting event is applied", || {
+        handler.applied_ids().len() == events.len()
+    })
+    .await?;
+    let mut applied = handler.applied_ids();
+    let mut expected: Vec<String> = events.iter().map(|e| e.id().to_owned()).collect();
+    applied.sort();
+    expected.sort();
+    assert_eq!(applied, expected);
+    Ok(())
+}
+
+pub(crate) async fn a_consumer_gets_only_the_keys_it_bound(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let handler = Arc::new(Recorder::default());
+    let name = consumer("keys");
+    let _stop = subscribe(
+        &bus,
+        &name,
+        &["payment.*"],
+        fast_retries(3),
+        handler.clone(),
+    )
+    .await?;
+    bus.publish(&order_created("order-unbound")).await?;
+    let paid = Envelope::new(
+        "payment.succeeded",
+        "payment",
+        "pay-1",
+        "payment-service",
+        &shop_proto::events::v1::PaymentSucceeded::default(),
+    );
+    bus.publish(&paid).await?;
+    until("the bound event is applied", || {
+        !handler.applied_ids().is_empty()
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(handler.applied_ids(), vec![paid.id().to_owned()]);
+    Ok(())
+}
