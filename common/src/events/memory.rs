@@ -8,12 +8,10 @@ use std::{
 
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::{
     BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, HandlerError,
-    RetryPolicy, Subscription, bus::BoxFuture, metrics::events as metrics, topic,
+    RetryPolicy, Subscription, bus::BoxFuture, handling, metrics::events as metrics, topic,
 };
 
 /// Cheap to clone; clones share the queues.
@@ -191,23 +189,11 @@ impl EventBus for InProcessBus {
     }
 }
 
-/// One attempt: the handler runs in a span parented on the producer's trace; a failure is
-/// scheduled again after the policy's delay, or dead-lettered with its reason.
+/// One attempt; a failure is scheduled again after the policy's delay, or dead-lettered with
+/// its reason.
 async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, delivery: Delivery) {
     let envelope = &delivery.envelope;
-    let span = tracing::info_span!(
-        "consume",
-        otel.kind = "consumer",
-        consumer,
-        event_type = envelope.event_type(),
-        event_id = envelope.id(),
-        attempt = delivery.attempt,
-    );
-    if let Err(error) = span.set_parent(envelope.trace_context()) {
-        tracing::debug!(%error, "cannot adopt the producer's trace context");
-    }
-    let outcome = handler.handle(envelope).instrument(span.clone()).await;
-    let _entered = span.enter();
+    let outcome = handling::run(consumer, handler, envelope, delivery.attempt).await;
     let labels = [consumer, envelope.event_type()];
     let reason = match outcome {
         Ok(()) => {
@@ -219,7 +205,7 @@ async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, deli
             let mut state = lock(&queue.state);
             if delivery.attempt < state.retry.max_attempts {
                 let delay = state.retry.delay_after(delivery.attempt);
-                tracing::warn!(%reason, ?delay, "event handling failed; retrying");
+                tracing::warn!(consumer, %reason, ?delay, attempt = delivery.attempt, "event handling failed; retrying");
                 state.delayed.push((
                     Instant::now() + delay,
                     Delivery {
@@ -235,7 +221,7 @@ async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, deli
             reason
         }
     };
-    tracing::error!(%reason, "event dead-lettered");
+    tracing::error!(consumer, %reason, attempt = delivery.attempt, "event dead-lettered");
     metrics().dead_lettered.with_label_values(&labels).inc();
     lock(&queue.state).dead.push(DeadLetter {
         envelope: delivery.envelope.clone(),

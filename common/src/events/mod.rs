@@ -4,8 +4,10 @@
 
 mod bus;
 mod envelope;
+mod handling;
 mod memory;
 mod metrics;
+mod rabbit;
 mod topic;
 
 pub use bus::{
@@ -14,3 +16,4 @@ pub use bus::{
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use memory::InProcessBus;
+pub use rabbit::{EXCHANGE, RabbitBus};

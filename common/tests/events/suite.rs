@@ -84,9 +84,15 @@ fn consumer(name: &str) -> String {
     format!("test-{name}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn order_created(order_id: &str) -> Envelope {
+/// A routing-key prefix no other test uses: tests share one exchange on a real broker, and
+/// each must see only its own events.
+fn unique_prefix() -> String {
+    format!("t{}", uuid::Uuid::new_v4().simple())
+}
+
+fn order_created(prefix: &str, order_id: &str) -> Envelope {
     Envelope::new(
-        "order.created",
+        &format!("{prefix}.order.created"),
         "order",
         order_id,
         "order-service",
@@ -129,17 +135,12 @@ async fn subscribe(
 pub(crate) async fn a_published_event_reaches_its_subscriber(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
     let handler = Arc::new(Recorder::default());
     let name = consumer("round-trip");
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
-    let event = order_created("order-1");
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
+    let event = order_created(&prefix, "order-1");
     bus.publish(&event).await?;
     until("the event is applied", || handler.applied_ids().len() == 1).await?;
     let (received, _) = lock(&handler.applied)[0].clone();
@@ -150,6 +151,8 @@ pub(crate) async fn a_published_event_reaches_its_subscriber(
 }
 
 pub(crate) async fn the_trace_context_survives_the_hop(bus: impl EventBus) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
     static TELEMETRY: Once = Once::new();
     TELEMETRY.call_once(|| {
         // Kept for the whole test binary: spans need a tracer provider to get trace ids.
@@ -160,20 +163,13 @@ pub(crate) async fn the_trace_context_survives_the_hop(bus: impl EventBus) -> an
     });
     let handler = Arc::new(Recorder::default());
     let name = consumer("trace");
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
 
     let span = tracing::info_span!("place_order");
     let producer_trace = span.context().span().span_context().trace_id().to_string();
     let event = {
         let _entered = span.enter();
-        order_created("order-traced")
+        order_created(&prefix, "order-traced")
     };
     assert!(
         event.0.traceparent.contains(&producer_trace),
@@ -190,19 +186,14 @@ pub(crate) async fn the_trace_context_survives_the_hop(bus: impl EventBus) -> an
 pub(crate) async fn a_handler_that_keeps_failing_dead_letters_the_event_and_replay_brings_it_back(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
     // Fails 3 times; with 3 attempts allowed the event is dead-lettered, and a replay (attempt 4
     // of the handler) succeeds.
     let handler = Recorder::failing(3);
     let name = consumer("dlq");
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
-    let event = order_created("order-dlq");
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
+    let event = order_created(&prefix, "order-dlq");
     bus.publish(&event).await?;
 
     let mut letters = Vec::new();
@@ -238,17 +229,12 @@ pub(crate) async fn a_handler_that_keeps_failing_dead_letters_the_event_and_repl
 pub(crate) async fn a_transient_failure_is_retried_until_it_succeeds(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
     let handler = Recorder::failing(2);
     let name = consumer("retry");
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(5),
-        handler.clone(),
-    )
-    .await?;
-    bus.publish(&order_created("order-retry")).await?;
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(5), handler.clone()).await?;
+    bus.publish(&order_created(&prefix, "order-retry")).await?;
     until("the event is applied", || handler.applied_ids().len() == 1).await?;
     assert_eq!(lock(&handler.attempts).len(), 3);
     assert!(bus.dead_letters(&name).await?.is_empty());
@@ -258,21 +244,16 @@ pub(crate) async fn a_transient_failure_is_retried_until_it_succeeds(
 pub(crate) async fn events_wait_while_their_consumer_is_stopped(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
     let handler = Arc::new(Recorder::default());
     let name = consumer("stopped");
-    let stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
+    let stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
     stop.cancel();
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let events: Vec<Envelope> = (0..20)
-        .map(|i| order_created(&format!("order-{i}")))
+        .map(|i| order_created(&prefix, &format!("order-{i}")))
         .collect();
     for event in &events {
         bus.publish(event).await?;
@@ -283,14 +264,7 @@ pub(crate) async fn events_wait_while_their_consumer_is_stopped(
         "nothing is consumed while stopped"
     );
 
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["order.created"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
     until("every waiting event is applied", || {
         handler.applied_ids().len() == events.len()
     })
@@ -306,19 +280,15 @@ pub(crate) async fn events_wait_while_their_consumer_is_stopped(
 pub(crate) async fn a_consumer_gets_only_the_keys_it_bound(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let pattern = format!("{prefix}.payment.*");
     let handler = Arc::new(Recorder::default());
     let name = consumer("keys");
-    let _stop = subscribe(
-        &bus,
-        &name,
-        &["payment.*"],
-        fast_retries(3),
-        handler.clone(),
-    )
-    .await?;
-    bus.publish(&order_created("order-unbound")).await?;
+    let _stop = subscribe(&bus, &name, &[&pattern], fast_retries(3), handler.clone()).await?;
+    bus.publish(&order_created(&prefix, "order-unbound"))
+        .await?;
     let paid = Envelope::new(
-        "payment.succeeded",
+        &format!("{prefix}.payment.succeeded"),
         "payment",
         "pay-1",
         "payment-service",
