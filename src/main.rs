@@ -1,7 +1,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shop::up::{self, UpArgs};
+use shop::{
+    dlq::{self, DlqArgs},
+    up::{self, UpArgs},
+};
 use shop_common::{
     config::{TelemetryArgs, exit_on_config_error},
     shutdown, telemetry,
@@ -22,6 +25,15 @@ struct Cli {
 enum Command {
     /// Run every service and the gateway in this process, on the embedded defaults.
     Up(UpArgs),
+    /// Inspect and replay events.
+    #[command(subcommand)]
+    Events(EventsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Dead letters: events a consumer gave up on after its retries.
+    Dlq(DlqArgs),
 }
 
 #[tokio::main]
@@ -31,6 +43,16 @@ async fn main() -> ExitCode {
         telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
     let code = match cli.command {
         Command::Up(args) => run_up(&args).await,
+        Command::Events(EventsCommand::Dlq(args)) => match dlq::run(&args).await {
+            Ok(output) => {
+                println!("{output}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::FAILURE
+            }
+        },
     };
     telemetry.shutdown();
     code

@@ -212,12 +212,27 @@ pub(crate) async fn a_handler_that_keeps_failing_dead_letters_the_event_and_repl
     assert_eq!(letter.reason, "simulated failure 3");
     assert_eq!(lock(&handler.attempts).len(), 3);
     assert!(handler.applied_ids().is_empty());
+    let metrics = shop_common::metrics::render();
+    let labels = format!(r#"{{consumer="{name}",event_type="{key}"}}"#);
+    assert!(
+        metrics.contains(&format!("events_retried_total{labels} 2")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("events_dead_lettered_total{labels} 1")),
+        "{metrics}"
+    );
 
     bus.replay(&name, event.id()).await?;
     until("the replayed event is applied", || {
         handler.applied_ids().len() == 1
     })
     .await?;
+    let metrics = shop_common::metrics::render();
+    assert!(
+        metrics.contains(&format!("events_consumed_total{labels} 1")),
+        "{metrics}"
+    );
     assert!(bus.dead_letters(&name).await?.is_empty());
     assert!(
         bus.replay(&name, event.id()).await.is_err(),
