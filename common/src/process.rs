@@ -1,14 +1,54 @@
 //! The life of a service binary, so every `main.rs` stays a few lines: telemetry, signals, the
 //! metrics endpoint, the service itself, and an exit code.
 
-use std::{future::Future, process::ExitCode};
+use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode};
 
+use clap::{CommandFactory as _, FromArgMatches as _};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{ConfigError, MetricsArgs, TelemetryArgs, exit_on_config_error},
+    config::{ConfigError, MetricsArgs, TelemetryArgs, bind, exit_on_config_error},
     metrics, shutdown, telemetry,
 };
+
+/// A service binary's command line: its own settings plus the shared ones.
+#[derive(Debug, clap::Parser)]
+#[command(version)]
+struct ServiceCli<C: clap::Args> {
+    #[command(flatten)]
+    config: C,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+    #[command(flatten)]
+    metrics: MetricsArgs,
+}
+
+/// The whole `main` of a service binary: parse the flags, bind the address `listen` picks
+/// (a failure names `listen_setting`), and serve until SIGTERM/SIGINT.
+pub async fn service_main<C, F, Fut, E>(
+    name: &'static str,
+    listen_setting: &'static str,
+    listen: fn(&C) -> SocketAddr,
+    serve: F,
+) -> ExitCode
+where
+    C: clap::Args,
+    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: Display,
+{
+    let matches = ServiceCli::<C>::command()
+        .name(name)
+        .about(format!("The shop mesh's {name}"))
+        .get_matches();
+    let cli = ServiceCli::<C>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
+    run_service(name, &cli.telemetry, &cli.metrics, |shutdown| async move {
+        let listener = or_exit(bind(listen_setting, listen(&cli.config)).await);
+        serve(cli.config, listener, shutdown).await
+    })
+    .await
+}
 
 /// Runs one service until SIGTERM/SIGINT. Configuration errors exit 2 with one line naming the
 /// setting; a service failure exits 1.
@@ -21,7 +61,7 @@ pub async fn run_service<F, Fut, E>(
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
+    E: Display,
 {
     let telemetry = match telemetry::init(name, telemetry_args) {
         Ok(telemetry) => telemetry,

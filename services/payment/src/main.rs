@@ -1,38 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use shop_common::{
-    config::{MetricsArgs, TelemetryArgs, bind},
-    process::{or_exit, run_service},
-};
-
-/// The shop mesh's payment service.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    config: payment_service::Config,
-    #[command(flatten)]
-    telemetry: TelemetryArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli {
-        config,
-        telemetry,
-        metrics,
-    } = Cli::parse();
-    run_service(
+    shop_common::process::service_main(
         payment_service::NAME,
-        &telemetry,
-        &metrics,
-        |shutdown| async move {
-            let listener = or_exit(bind("PAYMENT_GRPC_ADDR", config.listen).await);
-            payment_service::serve(config, listener, shutdown).await
-        },
+        "PAYMENT_GRPC_ADDR",
+        |config: &payment_service::Config| config.listen,
+        payment_service::serve,
     )
     .await
 }

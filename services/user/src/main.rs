@@ -1,38 +1,12 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-use shop_common::{
-    config::{MetricsArgs, TelemetryArgs, bind},
-    process::{or_exit, run_service},
-};
-
-/// The shop mesh's user service.
-#[derive(Debug, Parser)]
-#[command(version)]
-struct Cli {
-    #[command(flatten)]
-    config: user_service::Config,
-    #[command(flatten)]
-    telemetry: TelemetryArgs,
-    #[command(flatten)]
-    metrics: MetricsArgs,
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Cli {
-        config,
-        telemetry,
-        metrics,
-    } = Cli::parse();
-    run_service(
+    shop_common::process::service_main(
         user_service::NAME,
-        &telemetry,
-        &metrics,
-        |shutdown| async move {
-            let listener = or_exit(bind("USER_GRPC_ADDR", config.listen).await);
-            user_service::serve(config, listener, shutdown).await
-        },
+        "USER_GRPC_ADDR",
+        |config: &user_service::Config| config.listen,
+        user_service::serve,
     )
     .await
 }
