@@ -7,6 +7,7 @@ mod envelope;
 mod handling;
 mod memory;
 mod metrics;
+pub mod outbox;
 mod rabbit;
 mod topic;
 
