@@ -108,10 +108,10 @@ impl EventPublisher for InProcessBus {
                     });
                 }
             }
-            metrics()
-                .published
-                .with_label_values(&[envelope.event_type()])
-                .inc();
+            // In memory, handing the event over is the confirm.
+            let labels = [envelope.event_type()];
+            metrics().published.with_label_values(&labels).inc();
+            metrics().confirmed.with_label_values(&labels).inc();
             Ok(())
         })
     }

@@ -1,4 +1,4 @@
-//! Event counters: published, consumed, retried and dead-lettered, per event type.
+//! Event counters: published, confirmed, consumed, retried and dead-lettered, per event type.
 
 use std::sync::LazyLock;
 
@@ -6,6 +6,7 @@ use prometheus::{IntCounterVec, Opts};
 
 pub(crate) struct EventMetrics {
     pub(crate) published: IntCounterVec,
+    pub(crate) confirmed: IntCounterVec,
     pub(crate) consumed: IntCounterVec,
     pub(crate) retried: IntCounterVec,
     pub(crate) dead_lettered: IntCounterVec,
@@ -22,7 +23,12 @@ pub(crate) fn events() -> &'static EventMetrics {
     static METRICS: LazyLock<EventMetrics> = LazyLock::new(|| EventMetrics {
         published: counter(
             "events_published_total",
-            "Events confirmed by the bus",
+            "Events sent to the bus, retries included",
+            &["event_type"],
+        ),
+        confirmed: counter(
+            "events_confirmed_total",
+            "Events the bus confirmed it holds",
             &["event_type"],
         ),
         consumed: counter(

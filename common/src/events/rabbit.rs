@@ -277,6 +277,10 @@ impl EventPublisher for RabbitBus {
             loop {
                 let attempt = async {
                     let channel = self.publishing_channel().await?;
+                    metrics()
+                        .published
+                        .with_label_values(&[envelope.event_type()])
+                        .inc();
                     publish_confirmed(
                         &channel,
                         EXCHANGE,
@@ -290,7 +294,7 @@ impl EventPublisher for RabbitBus {
                 match tokio::time::timeout_at(deadline, attempt).await {
                     Ok(Ok(())) => {
                         metrics()
-                            .published
+                            .confirmed
                             .with_label_values(&[envelope.event_type()])
                             .inc();
                         return Ok(());

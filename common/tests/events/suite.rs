@@ -222,6 +222,15 @@ pub(crate) async fn a_handler_that_keeps_failing_dead_letters_the_event_and_repl
         metrics.contains(&format!("events_dead_lettered_total{labels} 1")),
         "{metrics}"
     );
+    let sent = format!(r#"{{event_type="{key}"}} 1"#);
+    assert!(
+        metrics.contains(&format!("events_published_total{sent}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("events_confirmed_total{sent}")),
+        "{metrics}"
+    );
 
     bus.replay(&name, event.id()).await?;
     until("the replayed event is applied", || {
