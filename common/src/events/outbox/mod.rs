@@ -38,6 +38,10 @@ pub struct Backlog {
     pub oldest_age: Duration,
 }
 
+/// Plain SQL both dialects share: how many events wait and since when.
+const BACKLOG_SQL: &str = "SELECT count(*) AS pending, min(created_at_ms) AS oldest
+    FROM outbox WHERE published_at_ms IS NULL";
+
 /// What the relay needs from an outbox table, whatever database holds it.
 pub trait OutboxSource: Send + Sync {
     /// Up to `limit` unpublished events, oldest first.

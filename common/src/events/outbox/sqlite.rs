@@ -7,7 +7,9 @@ use std::{sync::Arc, time::Duration};
 use sqlx::{Row as _, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
-use super::{Backlog, OutboxError, OutboxSource, PendingEvent, age_since, decode_row, now_ms};
+use super::{
+    BACKLOG_SQL, Backlog, OutboxError, OutboxSource, PendingEvent, age_since, decode_row, now_ms,
+};
 use crate::events::{Envelope, bus::BoxFuture};
 
 const SCHEMA: &str = "
@@ -124,12 +126,7 @@ impl OutboxSource for SqliteOutbox {
 
     fn backlog(&self) -> BoxFuture<'_, Result<Backlog, OutboxError>> {
         Box::pin(async move {
-            let row = sqlx::query(
-                "SELECT count(*) AS pending, min(created_at_ms) AS oldest
-                 FROM outbox WHERE published_at_ms IS NULL",
-            )
-            .fetch_one(&self.pool)
-            .await?;
+            let row = sqlx::query(BACKLOG_SQL).fetch_one(&self.pool).await?;
             Ok(Backlog {
                 pending: row.try_get("pending")?,
                 oldest_age: age_since(row.try_get("oldest")?),
