@@ -1,6 +1,7 @@
 //! What every shop service shares: configuration, telemetry, the gRPC server kit, metrics,
 //! shutdown signalling and the error convention.
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod events;

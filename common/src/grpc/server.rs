@@ -18,7 +18,7 @@ use tower::Service;
 use tokio_stream::StreamExt as _;
 
 use super::{RedMetricsLayer, RequestContextLayer, abortable::Abortable};
-use crate::config::ShutdownArgs;
+use crate::{auth::AuthLayer, config::ShutdownArgs};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 const REFLECTION_SERVICES: [&str; 2] = [
@@ -45,6 +45,7 @@ pub struct GrpcServer {
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthReporter,
     ready: Option<ReadyFuture>,
+    auth: Option<AuthLayer>,
     shutdown: ShutdownArgs,
 }
 
@@ -65,6 +66,7 @@ impl GrpcServer {
             descriptor_sets: vec![descriptor_set],
             health,
             ready: None,
+            auth: None,
             shutdown,
         }
     }
@@ -91,6 +93,12 @@ impl GrpcServer {
         self
     }
 
+    /// Verifies tokens and enforces the service's role table on every call.
+    pub fn with_auth(mut self, auth: AuthLayer) -> Self {
+        self.auth = Some(auth);
+        self
+    }
+
     /// The health reporter, for parts that later go NOT_SERVING (an open circuit breaker).
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
@@ -111,6 +119,7 @@ impl GrpcServer {
             descriptor_sets,
             health,
             ready,
+            auth,
             shutdown: timing,
         } = self;
         let health_names: Vec<&str> = std::iter::once("")
@@ -128,7 +137,8 @@ impl GrpcServer {
         let layers = tower::ServiceBuilder::new()
             .layer(RequestContextLayer)
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RedMetricsLayer::new(known));
+            .layer(RedMetricsLayer::new(known))
+            .option_layer(auth);
 
         match listener.local_addr() {
             Ok(addr) => tracing::info!(service = %name, %addr, "grpc server listening"),

@@ -1,0 +1,156 @@
+//! Role-based access per gRPC method, declared in one table per service. Health and reflection
+//! are always public; a method missing from the table is denied.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::{AuthError, Role, Verifier};
+
+#[derive(Debug, Clone, Copy)]
+pub enum Access {
+    /// No token needed (register, login, browsing the catalogue).
+    Public,
+    /// A valid token with at least one of these roles.
+    Roles(&'static [Role]),
+}
+
+const ALWAYS_PUBLIC: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1.ServerReflection/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+];
+
+/// Method path (`/shop.order.v1.OrderService/PlaceOrder`) → who may call it.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    methods: Arc<HashMap<String, Access>>,
+}
+
+impl Policy {
+    pub fn new<'a>(entries: impl IntoIterator<Item = (&'a str, Access)>) -> Self {
+        Self {
+            methods: Arc::new(
+                entries
+                    .into_iter()
+                    .map(|(path, access)| (path.to_owned(), access))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn access(&self, path: &str) -> Option<Access> {
+        if ALWAYS_PUBLIC.iter().any(|prefix| path.starts_with(prefix)) {
+            return Some(Access::Public);
+        }
+        self.methods.get(path).copied()
+    }
+}
+
+/// Verifies the bearer token and enforces the policy before a call reaches its handler; the
+/// claims travel on in the request extensions (`request.extensions().get::<Claims>()`).
+#[derive(Clone)]
+pub struct AuthLayer {
+    verifier: Arc<Verifier>,
+    policy: Policy,
+}
+
+impl AuthLayer {
+    pub fn new(verifier: Arc<Verifier>, policy: Policy) -> Self {
+        Self { verifier, policy }
+    }
+
+    fn authorize<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
+        let path = request.uri().path().to_owned();
+        let token = bearer(request);
+        match self.policy.access(&path) {
+            None => Err(AuthError::Forbidden(format!(
+                "{path} is not open to any role"
+            ))),
+            Some(Access::Public) => {
+                // A public call may still say who it is (GetJwks from a signed-in page).
+                if let Some(claims) = token.and_then(|t| self.verifier.verify(&t).ok()) {
+                    request.extensions_mut().insert(claims);
+                }
+                Ok(())
+            }
+            Some(Access::Roles(roles)) => {
+                let claims = self.verifier.verify(&token.ok_or(AuthError::Missing)?)?;
+                if !roles.iter().any(|role| claims.has_role(*role)) {
+                    let needed: Vec<String> = roles
+                        .iter()
+                        .map(|r| format!("{r:?}").to_lowercase())
+                        .collect();
+                    return Err(AuthError::Forbidden(format!(
+                        "{path} requires the role {}",
+                        needed.join(" or ")
+                    )));
+                }
+                request.extensions_mut().insert(claims);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn bearer<B>(request: &Request<B>) -> Option<String> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Auth {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Auth<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for Auth<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        match self.layer.authorize(&mut request) {
+            Ok(()) => Box::pin(self.inner.call(request)),
+            Err(error) => {
+                let status = tonic::Status::from(error);
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
