@@ -317,3 +317,42 @@ async fn health_needs_no_token() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The key's RSA modulus as a JWK `n` (base64url, no padding), read with openssl.
+fn modulus(dir: &Path, key: &Key) -> anyhow::Result<String> {
+    let path = dir.join("for-modulus.pem");
+    std::fs::write(&path, &key.private)?;
+    let out = openssl(&[
+        "rsa",
+        "-in",
+        path.to_str().context("utf-8 path")?,
+        "-noout",
+        "-modulus",
+    ])?;
+    let hex = String::from_utf8(out)?
+        .trim()
+        .strip_prefix("Modulus=")
+        .context("openssl prints Modulus=…")?
+        .to_owned();
+    let bytes = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[tokio::test]
+async fn keys_from_a_standard_jwk_set_verify_tokens() -> anyhow::Result<()> {
+    let f = fixture().await?;
+    let n = modulus(f._dir.path(), &f.new)?;
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(serde_json::json!({
+        "keys": [
+            { "kty": "RSA", "kid": "from-jwks", "use": "sig", "alg": "RS256", "n": n, "e": "AQAB" },
+            { "kty": "oct", "kid": "symmetric", "k": "c2VjcmV0" }
+        ]
+    }))?;
+    assert_eq!(f.verifier.add_jwks(&jwks), 1, "only the RSA key is taken");
+    let token = sign(&f.new, "from-jwks", &claims("user-4", &[Role::Customer]))?;
+    assert_eq!(f.get(Some(&token)).await?, "user-4");
+    Ok(())
+}

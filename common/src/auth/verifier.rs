@@ -3,7 +3,10 @@
 
 use std::{collections::HashMap, sync::RwLock};
 
-use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, JwkSet},
+};
 
 use super::Claims;
 
@@ -59,6 +62,10 @@ impl Verifier {
     pub fn add_jwks(&self, jwks: &JwkSet) -> usize {
         let mut added = 0;
         for jwk in &jwks.keys {
+            // Only RSA: an `oct` key in a JWKS would otherwise become an HMAC secret.
+            if !matches!(jwk.algorithm, AlgorithmParameters::RSA(_)) {
+                continue;
+            }
             let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk))
             else {
                 continue;
