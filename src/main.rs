@@ -60,11 +60,21 @@ async fn main() -> ExitCode {
 
 async fn run_up(args: &UpArgs) -> ExitCode {
     let token = CancellationToken::new();
-    let system = up::start(args, token.clone())
-        .await
-        .unwrap_or_else(|e| exit_on_config_error(&e));
+    let system = match up::start(args, token.clone()).await {
+        Ok(system) => system,
+        Err(up::StartError::Config(error)) => exit_on_config_error(&error),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let signals = shutdown::cancel_on_signal(token);
-    println!("shop is up:\n{}Press Ctrl-C to stop.", system.endpoints);
+    print!("shop is up:\n{}", system.endpoints);
+    println!("Demo accounts (local only):");
+    for (role, email, password) in up::DEMO_ACCOUNTS {
+        println!("  {role:<9} {email:<22} {password}");
+    }
+    println!("Press Ctrl-C to stop.");
     let result = system.wait().await;
     signals.abort();
     match result {

@@ -4,11 +4,15 @@
 use std::{
     fmt,
     net::{IpAddr, Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use shop_common::{
-    config::{ConfigError, ShutdownArgs, bind},
+    config::{ConfigError, Secret, ShutdownArgs, bind},
+    events::{BusError, EventBus, InProcessBus, RabbitBus},
     metrics,
+    storage::{StorageError, database_on},
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -36,13 +40,24 @@ pub struct UpArgs {
     /// Port of the Prometheus `/metrics` endpoint, shared by every service of the process.
     #[arg(long, env = "SHOP_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
+    /// Folder of the SQLite databases when no `--database-url` is given.
+    #[arg(long, env = "SHOP_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+    /// A PostgreSQL server URL: each service gets its own database on it (`shop_user`, …),
+    /// created if missing. Unset: SQLite files under `--data-dir`.
+    #[arg(long, env = "SHOP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// RabbitMQ URL for the events. Unset: an in-process bus with the same guarantees.
+    #[arg(long, env = "SHOP_AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
 
 impl UpArgs {
-    /// Every server on an ephemeral loopback port, as the tests run them.
-    pub fn ephemeral() -> Self {
+    /// Every server on an ephemeral loopback port with its SQLite files in `data_dir`, as the
+    /// tests run them.
+    pub fn ephemeral(data_dir: &Path) -> Self {
         Self {
             bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
             user_port: 0,
@@ -51,6 +66,9 @@ impl UpArgs {
             payment_port: 0,
             gateway_port: 0,
             metrics_port: 0,
+            data_dir: data_dir.to_owned(),
+            database_url: None,
+            amqp_url: None,
             shutdown: ShutdownArgs::default(),
         }
     }
@@ -88,6 +106,22 @@ impl fmt::Display for Endpoints {
     }
 }
 
+/// Accounts `shop up` creates for local use, printed at start-up.
+pub const DEMO_ACCOUNTS: [(&str, &str, &str); 2] = [
+    ("admin", "admin@shop.local", "admin-password-local"),
+    ("customer", "customer@shop.local", "customer-password-local"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("event bus: {0}")]
+    Bus(#[from] BusError),
+}
+
 /// A part of the system that stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[error("{part} failed: {message}")]
@@ -105,7 +139,7 @@ pub struct System {
 }
 
 /// Binds every listener first, so a taken port fails before anything runs, then starts each part.
-pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System, ConfigError> {
+pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System, StartError> {
     let listen = |port| SocketAddr::new(args.bind, port);
     let user = bind("--user-port", listen(args.user_port)).await?;
     let product = bind("--product-port", listen(args.product_port)).await?;
@@ -122,19 +156,29 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
         metrics: local_addr(&metrics, "--metrics-port")?,
     };
 
+    let bus: Arc<dyn EventBus> = match &args.amqp_url {
+        Some(url) => Arc::new(RabbitBus::connect(url).await?),
+        None => Arc::new(InProcessBus::new()),
+    };
+
     let mut parts = JoinSet::new();
     let token = || shutdown.clone();
     let timing = &args.shutdown;
+    let mut user_config =
+        user_service::Config::local(endpoints.user, database_url(args, "user").await?);
+    user_config.shutdown = timing.clone();
+    user_config.seed_users = DEMO_ACCOUNTS
+        .iter()
+        .map(|(role, email, password)| user_service::SeedUser {
+            email: (*email).to_owned(),
+            password: Secret::new(*password),
+            display_name: format!("Demo {role}"),
+            admin: *role == "admin",
+        })
+        .collect();
     parts.spawn(part(
         user_service::NAME,
-        user_service::serve(
-            user_service::Config {
-                listen: endpoints.user,
-                shutdown: timing.clone(),
-            },
-            user,
-            token(),
-        ),
+        user_service::serve_with(user_config, Some(bus.clone()), user, token()),
     ));
     parts.spawn(part(
         product_service::NAME,
@@ -217,6 +261,18 @@ async fn part<E: fmt::Display>(
         part: name,
         message: e.to_string(),
     })
+}
+
+/// Service `name`'s database: its own on the PostgreSQL server if one is given, else an SQLite
+/// file under the data folder.
+async fn database_url(args: &UpArgs, name: &str) -> Result<String, StartError> {
+    match &args.database_url {
+        Some(server) => Ok(database_on(server, &format!("shop_{name}")).await?),
+        None => Ok(format!(
+            "sqlite://{}",
+            args.data_dir.join(format!("{name}.db")).display()
+        )),
+    }
 }
 
 fn local_addr(listener: &TcpListener, setting: &str) -> Result<SocketAddr, ConfigError> {

@@ -182,6 +182,43 @@ pub struct MetricsArgs {
     pub metrics_addr: SocketAddr,
 }
 
+/// What a token must say to be accepted here: who issued it and for whom. Shared by the
+/// issuer (user-service) and every verifier, so the two cannot disagree.
+#[derive(Debug, Clone, clap::Args)]
+pub struct JwtArgs {
+    /// `iss` of every token user-service issues and every service accepts.
+    #[arg(long, env = "JWT_ISSUER", default_value = "shop-mesh")]
+    pub jwt_issuer: String,
+
+    /// `aud` of every token.
+    #[arg(long, env = "JWT_AUDIENCE", default_value = "shop-api")]
+    pub jwt_audience: String,
+
+    /// Clock skew tolerated when checking `exp`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+}
+
+impl Default for JwtArgs {
+    fn default() -> Self {
+        Self {
+            jwt_issuer: "shop-mesh".to_owned(),
+            jwt_audience: "shop-api".to_owned(),
+            jwt_leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl JwtArgs {
+    pub fn verifier_config(&self) -> crate::auth::VerifierConfig {
+        crate::auth::VerifierConfig {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_seconds: self.jwt_leeway.as_secs(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod process;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 
 pub use error::Error;

@@ -18,6 +18,7 @@ pub(crate) struct TestSystem {
     pub(crate) shutdown: CancellationToken,
     // Held so the parts keep running: dropping a JoinSet aborts its tasks.
     _system: System,
+    _data: tempfile::TempDir,
 }
 
 impl Drop for TestSystem {
@@ -28,11 +29,13 @@ impl Drop for TestSystem {
 
 pub(crate) async fn spawn_system() -> anyhow::Result<TestSystem> {
     let shutdown = CancellationToken::new();
-    let system = up::start(&UpArgs::ephemeral(), shutdown.clone()).await?;
+    let data = tempfile::tempdir()?;
+    let system = up::start(&UpArgs::ephemeral(data.path()), shutdown.clone()).await?;
     Ok(TestSystem {
         endpoints: system.endpoints,
         shutdown,
         _system: system,
+        _data: data,
     })
 }
 

@@ -11,10 +11,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{channel, health_status, wait_for_health};
 
+/// `shop up` on ephemeral ports, with its SQLite files in a folder of its own under cargo's
+/// scratch directory for tests.
 fn shop() -> Command {
+    let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("shop-up-{}", uuid::Uuid::new_v4().simple()));
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
     command
         .arg("up")
+        .env("SHOP_DATA_DIR", data)
         .env("LOG_FORMAT", "json")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -3,9 +3,11 @@
 //! denied, not open.
 
 mod claims;
+pub mod jwks;
 mod rbac;
 mod verifier;
 
 pub use claims::{Claims, Role};
+pub use jwks::{JwksClient, KeySource};
 pub use rbac::{Access, AuthLayer, Policy};
 pub use verifier::{AuthError, Verifier, VerifierConfig};

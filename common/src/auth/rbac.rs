@@ -12,7 +12,7 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::{AuthError, Role, Verifier};
+use super::{AuthError, KeySource, Role, Verifier};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Access {
@@ -60,11 +60,30 @@ impl Policy {
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
     policy: Policy,
+    key_source: Option<Arc<dyn KeySource>>,
 }
 
 impl AuthLayer {
     pub fn new(verifier: Arc<Verifier>, policy: Policy) -> Self {
-        Self { verifier, policy }
+        Self {
+            verifier,
+            policy,
+            key_source: None,
+        }
+    }
+
+    /// Where to fetch keys when a token names a `kid` the verifier does not know yet (the
+    /// issuer rotated); the call is then verified once more.
+    pub fn with_key_source(mut self, source: Arc<dyn KeySource>) -> Self {
+        self.key_source = Some(source);
+        self
+    }
+
+    fn names_unknown_key<B>(&self, request: &Request<B>) -> bool {
+        bearer(request)
+            .and_then(|token| jsonwebtoken::decode_header(&token).ok())
+            .and_then(|header| header.kid)
+            .is_some_and(|kid| !self.verifier.knows(&kid))
     }
 
     fn authorize<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
@@ -100,6 +119,15 @@ impl AuthLayer {
     }
 }
 
+type Rejection<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+fn rejected<ResBody: Default + Send + 'static, E: Send + 'static>(
+    error: AuthError,
+) -> Rejection<Response<ResBody>, E> {
+    let status = tonic::Status::from(error);
+    Box::pin(async move { Ok(status.into_http()) })
+}
+
 fn bearer<B>(request: &Request<B>) -> Option<String> {
     let value = request
         .headers()
@@ -131,8 +159,9 @@ pub struct Auth<S> {
 
 impl<S, B, ResBody> Service<Request<B>> for Auth<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
+    B: Send + 'static,
     ResBody: Default + Send + 'static,
     S::Error: Send + 'static,
 {
@@ -147,10 +176,23 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         match self.layer.authorize(&mut request) {
             Ok(()) => Box::pin(self.inner.call(request)),
-            Err(error) => {
-                let status = tonic::Status::from(error);
-                Box::pin(async move { Ok(status.into_http()) })
+            Err(AuthError::Invalid) if self.layer.names_unknown_key(&request) => {
+                let Some(source) = self.layer.key_source.clone() else {
+                    return rejected(AuthError::Invalid);
+                };
+                // The ready service goes with the call; a fresh clone waits for the next one.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                let layer = self.layer.clone();
+                Box::pin(async move {
+                    source.refresh().await;
+                    match layer.authorize(&mut request) {
+                        Ok(()) => inner.call(request).await,
+                        Err(error) => Ok(tonic::Status::from(error).into_http()),
+                    }
+                })
             }
+            Err(error) => rejected(error),
         }
     }
 }

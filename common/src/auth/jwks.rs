@@ -1,0 +1,151 @@
+//! The JWK Set on the wire (`shop.user.v1.Jwk`) and the client that keeps a verifier's keys in
+//! step with user-service: fetched at start, refreshed periodically and when a token names a
+//! `kid` it has not seen (a rotation), at most once per `min_interval`.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, CommonParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
+    RSAKeyParameters, RSAKeyType,
+};
+use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
+use tokio::{sync::Mutex, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use super::Verifier;
+use crate::{config::ConfigError, events::BoxFuture};
+
+/// The RSA keys of `jwks` as the proto message carries them.
+pub fn to_proto(jwks: &JwkSet) -> Vec<pb::Jwk> {
+    jwks.keys
+        .iter()
+        .filter_map(|jwk| match &jwk.algorithm {
+            AlgorithmParameters::RSA(rsa) => Some(pb::Jwk {
+                kty: "RSA".to_owned(),
+                kid: jwk.common.key_id.clone().unwrap_or_default(),
+                r#use: "sig".to_owned(),
+                alg: "RS256".to_owned(),
+                n: rsa.n.clone(),
+                e: rsa.e.clone(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The proto keys as a JWK Set; keys that are not RS256 signing keys are left out.
+pub fn from_proto(keys: &[pb::Jwk]) -> JwkSet {
+    JwkSet {
+        keys: keys
+            .iter()
+            .filter(|k| k.kty == "RSA" && k.alg == "RS256" && !k.kid.is_empty())
+            .map(|k| Jwk {
+                common: CommonParameters {
+                    public_key_use: Some(PublicKeyUse::Signature),
+                    key_algorithm: Some(KeyAlgorithm::RS256),
+                    key_id: Some(k.kid.clone()),
+                    ..CommonParameters::default()
+                },
+                algorithm: AlgorithmParameters::RSA(RSAKeyParameters {
+                    key_type: RSAKeyType::RSA,
+                    n: k.n.clone(),
+                    e: k.e.clone(),
+                }),
+            })
+            .collect(),
+    }
+}
+
+/// Something that can fetch fresh keys into a verifier when a token names an unknown `kid`.
+pub trait KeySource: Send + Sync {
+    fn refresh(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Fetches the JWKS from user-service over gRPC.
+pub struct JwksClient {
+    client: UserServiceClient<Channel>,
+    verifier: Arc<Verifier>,
+    min_interval: Duration,
+    last_fetch: Mutex<Option<Instant>>,
+}
+
+impl JwksClient {
+    /// `user_service_url` is like `http://user-service:50051`; nothing connects until the first
+    /// fetch, so start-up order does not matter.
+    pub fn new(
+        setting: &str,
+        user_service_url: &str,
+        verifier: Arc<Verifier>,
+    ) -> Result<Self, ConfigError> {
+        let endpoint = Endpoint::from_shared(user_service_url.to_owned())
+            .map_err(|e| ConfigError::new(setting, format!("not a URL: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(5));
+        Ok(Self {
+            client: UserServiceClient::new(endpoint.connect_lazy()),
+            verifier,
+            min_interval: Duration::from_secs(10),
+            last_fetch: Mutex::new(None),
+        })
+    }
+
+    /// Fetches now, whatever the last fetch; returns how many keys the verifier took.
+    pub async fn fetch(&self) -> Result<usize, tonic::Status> {
+        let mut last = self.last_fetch.lock().await;
+        self.fetch_locked(&mut last).await
+    }
+
+    async fn fetch_locked(&self, last: &mut Option<Instant>) -> Result<usize, tonic::Status> {
+        *last = Some(Instant::now());
+        let response = self
+            .client
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await?
+            .into_inner();
+        let added = self.verifier.add_jwks(&from_proto(&response.keys));
+        tracing::debug!(keys = added, "jwks fetched");
+        Ok(added)
+    }
+
+    /// Fetches at start, then every `every`, until `shutdown`. Failures are logged and retried
+    /// on the next tick (or on the next unknown `kid`).
+    pub fn spawn_refresh(
+        self: Arc<Self>,
+        every: Duration,
+        shutdown: CancellationToken,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    _ = ticks.tick() => {
+                        if let Err(error) = self.fetch().await {
+                            tracing::warn!(%error, "jwks fetch failed");
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+impl KeySource for JwksClient {
+    fn refresh(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // One fetch at a time; callers that waited behind it find it fresh and skip.
+            let mut last = self.last_fetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < self.min_interval) {
+                return;
+            }
+            if let Err(error) = self.fetch_locked(&mut last).await {
+                tracing::warn!(%error, "jwks fetch for an unknown key id failed");
+            }
+        })
+    }
+}
