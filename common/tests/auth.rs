@@ -3,7 +3,10 @@
 
 use std::{
     path::Path,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -11,8 +14,9 @@ use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use shop_common::{
-    auth::{Access, AuthLayer, Claims, Policy, Role, Verifier, VerifierConfig},
+    auth::{Access, AuthLayer, Claims, KeySource, Policy, Role, Verifier, VerifierConfig},
     config::ShutdownArgs,
+    events::BoxFuture,
     grpc::GrpcServer,
 };
 use shop_proto::payment::v1::{
@@ -131,6 +135,14 @@ struct Fixture {
 }
 
 async fn fixture() -> anyhow::Result<Fixture> {
+    fixture_with(|_, _| None).await
+}
+
+/// The fixture, its auth layer given the key source `source` makes (from the verifier and the
+/// new key).
+async fn fixture_with(
+    source: impl FnOnce(Arc<Verifier>, &Key) -> Option<Arc<dyn KeySource>>,
+) -> anyhow::Result<Fixture> {
     let dir = tempfile::tempdir()?;
     let (old, new, stranger) = (
         rsa_key(dir.path(), "old.pem")?,
@@ -162,8 +174,12 @@ async fn fixture() -> anyhow::Result<Fixture> {
         shop_proto::FILE_DESCRIPTOR_SET,
         ShutdownArgs::default(),
     )
-    .add_service(PaymentServiceServer::new(WhoAmI))
-    .with_auth(AuthLayer::new(verifier.clone(), policy));
+    .add_service(PaymentServiceServer::new(WhoAmI));
+    let auth = AuthLayer::new(verifier.clone(), policy);
+    let server = server.with_auth(match source(verifier.clone(), &new) {
+        Some(source) => auth.with_key_source(source),
+        None => auth,
+    });
     tokio::spawn(server.serve(listener, stop.clone()));
     let channel = Channel::from_shared(format!("http://{addr}"))?
         .connect_timeout(Duration::from_secs(5))
@@ -301,6 +317,62 @@ async fn a_token_signed_with_the_old_key_still_verifies_after_rotation() -> anyh
     let after = sign(&f.new, "new", &claims("user-3", &[Role::Customer]))?;
     assert_eq!(f.get(Some(&before)).await?, "user-2");
     assert_eq!(f.get(Some(&after)).await?, "user-3");
+    Ok(())
+}
+
+/// Stands in for the JWKS endpoint after a rotation: each refresh publishes the new key.
+struct RotatedKeys {
+    verifier: Arc<Verifier>,
+    new_public: Vec<u8>,
+    refreshes: AtomicU32,
+}
+
+impl KeySource for RotatedKeys {
+    fn refresh(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.refreshes.fetch_add(1, Ordering::SeqCst);
+            if let Err(error) = self.verifier.add_pem("new", &self.new_public) {
+                tracing::error!(%error, "test key rejected");
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_token_naming_an_unknown_key_makes_the_layer_fetch_keys_once_and_verify_again()
+-> anyhow::Result<()> {
+    let rotated = std::sync::OnceLock::new();
+    let f = fixture_with(|verifier, new| {
+        let source = Arc::new(RotatedKeys {
+            verifier,
+            new_public: new.public.clone(),
+            refreshes: AtomicU32::new(0),
+        });
+        let _ = rotated.set(source.clone());
+        Some(source)
+    })
+    .await?;
+    let source = rotated.get().context("the fixture made the source")?;
+    let old_key_token = sign(&f.old, "old", &claims("user-4", &[Role::Customer]))?;
+    assert_eq!(f.get(Some(&old_key_token)).await?, "user-4");
+    assert_eq!(
+        source.refreshes.load(Ordering::SeqCst),
+        0,
+        "known kid: no fetch"
+    );
+
+    let new_key_token = sign(&f.new, "new", &claims("user-5", &[Role::Customer]))?;
+    assert_eq!(f.get(Some(&new_key_token)).await?, "user-5");
+    assert_eq!(source.refreshes.load(Ordering::SeqCst), 1);
+    assert_eq!(f.get(Some(&new_key_token)).await?, "user-5");
+    assert_eq!(
+        source.refreshes.load(Ordering::SeqCst),
+        1,
+        "now known: no fetch"
+    );
+
+    let forged = sign(&f.stranger, "stranger", &claims("user-6", &[Role::Admin]))?;
+    assert_eq!(code(f.get(Some(&forged)).await), Code::Unauthenticated);
     Ok(())
 }
 

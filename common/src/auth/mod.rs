@@ -4,10 +4,12 @@
 
 mod claims;
 pub mod jwks;
+mod outgoing;
 mod rbac;
 mod verifier;
 
 pub use claims::{Claims, Role};
 pub use jwks::{JwksClient, KeySource};
+pub use outgoing::{ServiceToken, forward_token};
 pub use rbac::{Access, AuthLayer, Policy};
 pub use verifier::{AuthError, Verifier, VerifierConfig};

@@ -2,6 +2,7 @@
 //! tokens the suite needs.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
@@ -167,6 +168,7 @@ impl EventHandler for Events {
 
 pub(crate) struct App {
     pub(crate) client: UserServiceClient<Channel>,
+    pub(crate) addr: SocketAddr,
     pub(crate) events: Arc<Events>,
     pub(crate) db: Db,
     shutdown: CancellationToken,
@@ -245,6 +247,7 @@ impl App {
         }
         Ok(Self {
             client,
+            addr,
             events,
             db,
             shutdown,

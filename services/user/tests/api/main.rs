@@ -33,4 +33,5 @@ on_both_backends!(
     a_token_signed_with_the_old_key_still_verifies_after_a_new_key_signs,
     service_clients_get_short_lived_service_tokens,
     accounts_are_managed_by_their_owner_or_an_admin,
+    other_services_fetch_the_jwks_and_their_own_service_token,
 );

@@ -7,7 +7,12 @@ use rsa::{
     RsaPrivateKey,
     pkcs8::{DecodePrivateKey as _, EncodePublicKey as _, LineEnding},
 };
-use shop_common::auth::Role;
+use std::sync::Arc;
+
+use shop_common::{
+    auth::{JwksClient, Role, ServiceToken, Verifier, forward_token},
+    config::{JwtArgs, Secret},
+};
 use shop_proto::{
     events::v1::{UserDeleted, UserRegistered},
     user::v1 as pb,
@@ -607,6 +612,67 @@ pub(crate) async fn accounts_are_managed_by_their_owner_or_an_admin(
     let payload = UserDeleted::decode(deleted[0].0.payload.as_slice())?;
     assert_eq!(payload.user_id, ada.user_id);
     assert_eq!(bob.roles, ["customer"]);
+    app.stop().await?;
+    Ok(())
+}
+
+pub(crate) async fn other_services_fetch_the_jwks_and_their_own_service_token(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let Some(app) = App::spawn(backend).await? else {
+        return Ok(());
+    };
+    let url = format!("http://{}", app.addr);
+    let ada = app.register("ada@example.com", PASSWORD).await?;
+    let token = app.login("ada@example.com", PASSWORD).await?.access_token;
+
+    // What order-service does at start: fetch the keys, then verify callers' tokens locally.
+    let verifier = Arc::new(Verifier::new(&JwtArgs::default().verifier_config()));
+    assert!(verifier.verify(&token).is_err(), "no keys yet");
+    let jwks = JwksClient::new("USER_SERVICE_URL", &url, verifier.clone())?;
+    assert_eq!(jwks.fetch().await?, 1);
+    assert_eq!(
+        verifier.verify(&token).map(|c| c.sub),
+        Ok(ada.user_id.clone())
+    );
+
+    // Its own calls to internal methods carry a service token, fetched once and reused.
+    let service = ServiceToken::new(
+        "ORDER_CLIENT_SECRET",
+        &url,
+        CLIENT_ID,
+        Secret::new(CLIENT_SECRET),
+    )?;
+    let mut tokens = Vec::new();
+    for _ in 0..2 {
+        let mut request = tonic::Request::new(pb::GetUserRequest {
+            user_id: ada.user_id.clone(),
+        });
+        service.authorize(&mut request).await?;
+        tokens.push(request.metadata().get("authorization").cloned());
+        let user = app
+            .client
+            .clone()
+            .get_user(request)
+            .await?
+            .into_inner()
+            .user;
+        assert_eq!(user.map(|u| u.user_id), Some(ada.user_id.clone()));
+    }
+    assert_eq!(tokens[0], tokens[1], "the cached token is reused");
+
+    // On behalf of a user, the user's own token travels on.
+    let incoming = bearer(pb::GetMeRequest {}, &token);
+    let mut outgoing = tonic::Request::new(pb::GetMeRequest {});
+    forward_token(&incoming, &mut outgoing);
+    let me = app.client.clone().get_me(outgoing).await?.into_inner().user;
+    assert_eq!(me.map(|u| u.email).as_deref(), Some("ada@example.com"));
+
+    let impostor = ServiceToken::new("X", &url, CLIENT_ID, Secret::new("not-the-secret-at-all"))?;
+    let refused = impostor
+        .authorize(&mut tonic::Request::new(pb::GetMeRequest {}))
+        .await;
+    assert_eq!(code(refused).0, Code::Unauthenticated);
     app.stop().await?;
     Ok(())
 }
