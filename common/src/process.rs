@@ -1,7 +1,7 @@
 //! The life of a service binary, so every `main.rs` stays a few lines: telemetry, signals, the
 //! metrics endpoint, the service itself, and an exit code.
 
-use std::{fmt::Display, future::Future, net::SocketAddr, process::ExitCode};
+use std::{future::Future, net::SocketAddr, process::ExitCode};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
 use tokio::net::TcpListener;
@@ -36,7 +36,7 @@ where
     C: clap::Args,
     F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
-    E: Display,
+    E: std::error::Error + 'static,
 {
     let matches = ServiceCli::<C>::command()
         .name(name)
@@ -50,8 +50,9 @@ where
     .await
 }
 
-/// Runs one service until SIGTERM/SIGINT. Configuration errors exit 2 with one line naming the
-/// setting; a service failure exits 1.
+/// Runs one service until SIGTERM/SIGINT. Configuration errors (also those the service finds at
+/// start, anywhere in its error's source chain) exit 2 with one line naming the setting; a
+/// service failure exits 1.
 pub async fn run_service<F, Fut, E>(
     name: &str,
     telemetry_args: &TelemetryArgs,
@@ -61,7 +62,7 @@ pub async fn run_service<F, Fut, E>(
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
-    E: Display,
+    E: std::error::Error + 'static,
 {
     let telemetry = match telemetry::init(name, telemetry_args) {
         Ok(telemetry) => telemetry,
@@ -85,10 +86,24 @@ where
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
+            if let Some(config) = config_error_in(&error) {
+                exit_on_config_error(config);
+            }
             tracing::error!(%error, service = name, "service failed");
             ExitCode::FAILURE
         }
     }
+}
+
+fn config_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a ConfigError> {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(config) = error.downcast_ref::<ConfigError>() {
+            return Some(config);
+        }
+        current = error.source();
+    }
+    None
 }
 
 /// Lets a service's start-up report a bad setting the same way as the shared settings.

@@ -22,7 +22,7 @@ use crate::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("database is unavailable: {0}")]
     Database(#[from] sqlx::Error),

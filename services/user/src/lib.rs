@@ -39,9 +39,9 @@ pub const NAME: &str = "user-service";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserServiceError {
-    #[error(transparent)]
+    #[error("{0}")]
     Config(#[from] ConfigError),
-    #[error(transparent)]
+    #[error("{0}")]
     Storage(#[from] StorageError),
     #[error("event bus: {0}")]
     Bus(#[from] BusError),

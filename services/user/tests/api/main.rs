@@ -1,6 +1,7 @@
 //! user-service over real gRPC, on SQLite and on PostgreSQL (`DATABASE_URL`; skipped, said so,
 //! without it). Every test of `suite` runs once per backend.
 
+mod binary;
 mod helpers;
 mod suite;
 

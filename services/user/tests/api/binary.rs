@@ -1,0 +1,60 @@
+//! The `user-service` binary refuses bad configuration with exit status 2 and one line naming
+//! the setting, before it serves anything.
+
+use std::process::Command;
+
+fn user_service(envs: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, String)> {
+    let dir = tempfile::tempdir()?;
+    let db = format!("sqlite://{}", dir.path().join("user.db").display());
+    let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0"])
+        .env_clear()
+        .env("USER_DATABASE_URL", db)
+        .env("RUST_LOG", "error")
+        .envs(envs.iter().copied())
+        .output()?;
+    Ok((output.status.code(), String::from_utf8(output.stderr)?))
+}
+
+#[test]
+fn without_a_signing_key_the_binary_exits_2_naming_the_setting() -> anyhow::Result<()> {
+    let (code, stderr) = user_service(&[])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("USER_SIGNING_KEY_FILE") && stderr.contains("USER_ALLOW_GENERATED_KEY"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_key_that_is_not_a_pem_is_refused_without_echoing_it() -> anyhow::Result<()> {
+    let (code, stderr) = user_service(&[("USER_SIGNING_KEY", "secret-but-not-a-key")])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("USER_SIGNING_KEY"), "{stderr}");
+    assert!(!stderr.contains("secret-but-not-a-key"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_short_service_client_secret_is_refused_by_position() -> anyhow::Result<()> {
+    let (code, stderr) = user_service(&[
+        ("USER_ALLOW_GENERATED_KEY", "true"),
+        ("USER_SERVICE_CLIENTS", "order-service:tiny"),
+    ])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("USER_SERVICE_CLIENTS: entry 1"), "{stderr}");
+    assert!(!stderr.contains("tiny"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn a_database_url_of_another_kind_is_refused() -> anyhow::Result<()> {
+    let (code, stderr) = user_service(&[
+        ("USER_ALLOW_GENERATED_KEY", "true"),
+        ("USER_DATABASE_URL", "mysql://db/shop"),
+    ])?;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("USER_DATABASE_URL"), "{stderr}");
+    Ok(())
+}
