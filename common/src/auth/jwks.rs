@@ -14,7 +14,7 @@ use jsonwebtoken::jwk::{
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::Verifier;
 use crate::{config::ConfigError, events::BoxFuture};
@@ -81,12 +81,9 @@ impl JwksClient {
         user_service_url: &str,
         verifier: Arc<Verifier>,
     ) -> Result<Self, ConfigError> {
-        let endpoint = Endpoint::from_shared(user_service_url.to_owned())
-            .map_err(|e| ConfigError::new(setting, format!("not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5));
+        let channel = crate::grpc::lazy_channel(setting, user_service_url)?;
         Ok(Self {
-            client: UserServiceClient::new(endpoint.connect_lazy()),
+            client: UserServiceClient::new(channel),
             verifier,
             min_interval: Duration::from_secs(10),
             last_fetch: Mutex::new(None),

@@ -9,7 +9,7 @@ use tokio::sync::Mutex;
 use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 
 use crate::config::{ConfigError, Secret};
@@ -39,12 +39,9 @@ impl ServiceToken {
         client_id: impl Into<String>,
         client_secret: Secret,
     ) -> Result<Self, ConfigError> {
-        let endpoint = Endpoint::from_shared(user_service_url.to_owned())
-            .map_err(|e| ConfigError::new(setting, format!("not a URL: {e}")))?
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(5));
+        let channel = crate::grpc::lazy_channel(setting, user_service_url)?;
         Ok(Self {
-            client: UserServiceClient::new(endpoint.connect_lazy()),
+            client: UserServiceClient::new(channel),
             client_id: client_id.into(),
             client_secret,
             cached: Mutex::new(None),
