@@ -2,11 +2,13 @@
 //! shutdown signalling and the error convention.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod metrics;
+pub mod paging;
 pub mod process;
 pub mod shutdown;
 pub mod storage;

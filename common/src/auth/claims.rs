@@ -29,6 +29,16 @@ pub struct Claims {
 }
 
 impl Claims {
+    /// The caller of a call the auth layer let through; UNAUTHENTICATED when there is none (a
+    /// public method called without a token).
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, tonic::Status> {
+        request
+            .extensions()
+            .get::<Self>()
+            .cloned()
+            .ok_or_else(|| tonic::Status::unauthenticated("missing bearer token"))
+    }
+
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }

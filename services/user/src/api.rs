@@ -6,7 +6,9 @@ use std::sync::Arc;
 use shop_common::{
     Error,
     auth::{Access, Claims, Policy, Role},
+    clock::timestamp,
     events::Envelope,
+    paging::{Cursor, page, page_size},
 };
 use shop_proto::{
     events::v1::{UserDeleted, UserRegistered},
@@ -18,8 +20,8 @@ use crate::{
     NAME,
     clients::ServiceClients,
     domain::{
-        Cursor, DisplayName, Email, NewUser, Password, User, UserChanges, page_size,
-        parse_account_roles, role_name, user_id,
+        DisplayName, Email, NewUser, Password, User, UserChanges, parse_account_roles, role_name,
+        user_id,
     },
     passwords::Passwords,
     store::{NewRefreshToken, Rotation, UserStore},
@@ -128,14 +130,6 @@ impl UserApi {
     }
 }
 
-fn caller<T>(request: &Request<T>) -> Result<Claims, Status> {
-    request
-        .extensions()
-        .get::<Claims>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing bearer token"))
-}
-
 fn to_pb(user: &User) -> pb::User {
     pb::User {
         user_id: user.id.clone(),
@@ -148,13 +142,6 @@ fn to_pb(user: &User) -> pb::User {
             .collect(),
         create_time: Some(timestamp(user.created_at_ms)),
         update_time: Some(timestamp(user.updated_at_ms)),
-    }
-}
-
-fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: i32::try_from(ms.rem_euclid(1000) * 1_000_000).unwrap_or(0),
     }
 }
 
@@ -261,7 +248,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::GetMeRequest>,
     ) -> Result<Response<pb::GetMeResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = Claims::of(&request)?;
         let user = self.visible_user(&caller, &caller.sub).await?;
         Ok(Response::new(pb::GetMeResponse {
             user: Some(to_pb(&user)),
@@ -272,7 +259,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = Claims::of(&request)?;
         let id = user_id("user_id", &request.get_ref().user_id)?;
         let user = self.visible_user(&caller, &id).await?;
         Ok(Response::new(pb::GetUserResponse {
@@ -285,7 +272,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::UpdateUserResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = Claims::of(&request)?;
         let req = request.into_inner();
         let update = req
             .user
@@ -331,20 +318,15 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let req = request.into_inner();
         let limit = page_size("page_size", req.page_size)?;
-        let after = match req.page_token.as_str() {
-            "" => None,
-            token => Some(Cursor::decode("page_token", token)?),
-        };
-        let mut users = self.store.list(after.as_ref(), limit + 1).await?;
-        let next_page_token = if users.len() > limit as usize {
-            users.truncate(limit as usize);
-            users.last().map(|u| Cursor::after(u).encode())
-        } else {
-            None
-        };
+        let after = Cursor::decode("page_token", &req.page_token)?;
+        let users = self.store.list(after.as_ref(), limit + 1).await?;
+        let (users, next_page_token) = page(users, limit, |u| Cursor {
+            created_at_ms: u.created_at_ms,
+            id: u.id.clone(),
+        });
         Ok(Response::new(pb::ListUsersResponse {
             users: users.iter().map(to_pb).collect(),
-            next_page_token: next_page_token.unwrap_or_default(),
+            next_page_token,
         }))
     }
 
@@ -353,7 +335,7 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = Claims::of(&request)?;
         let id = user_id("user_id", &request.get_ref().user_id)?;
         if caller.sub != id && !caller.has_role(Role::Admin) {
             return Err(Error::NotFound(format!("user {id}")).into());

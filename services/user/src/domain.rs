@@ -1,7 +1,6 @@
 //! Accounts and the rules on their fields. Parsing is the validation: a value of these types is
 //! valid, so nothing past the API layer checks again.
 
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use shop_common::{Error, auth::Role};
 
 /// Trimmed, lower-case, 3 to 254 characters, one `@` with something on both sides.
@@ -176,49 +175,6 @@ pub(crate) struct UserChanges {
     pub(crate) password_hash: Option<String>,
 }
 
-/// Where a page of ListUsers resumes: after this (created_at, id), the list's sort key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Cursor {
-    pub(crate) created_at_ms: i64,
-    pub(crate) id: String,
-}
-
-impl Cursor {
-    pub(crate) fn after(user: &User) -> Self {
-        Self {
-            created_at_ms: user.created_at_ms,
-            id: user.id.clone(),
-        }
-    }
-
-    /// Opaque to clients: base64url of `created_at_ms:id`.
-    pub(crate) fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at_ms, self.id))
-    }
-
-    pub(crate) fn decode(field: &str, token: &str) -> Result<Self, Error> {
-        let malformed = || Error::invalid(field, "is not a page token from a previous response");
-        let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
-        let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-        let (at, id) = text.split_once(':').ok_or_else(malformed)?;
-        let created_at_ms = at.parse().map_err(|_| malformed())?;
-        uuid::Uuid::parse_str(id).map_err(|_| malformed())?;
-        Ok(Self {
-            created_at_ms,
-            id: id.to_owned(),
-        })
-    }
-}
-
-/// 1 to 100; 0 means the default of 20.
-pub(crate) fn page_size(field: &str, requested: i32) -> Result<u32, Error> {
-    match requested {
-        0 => Ok(20),
-        1..=100 => Ok(requested.unsigned_abs()),
-        _ => Err(Error::invalid(field, "must be between 1 and 100")),
-    }
-}
-
 /// A UUID in its canonical lower-case form.
 pub(crate) fn user_id(field: &str, raw: &str) -> Result<String, Error> {
     uuid::Uuid::parse_str(raw.trim())
@@ -287,26 +243,5 @@ mod tests {
     fn roles_survive_the_column() {
         let roles = vec![Role::Customer, Role::Admin];
         assert_eq!(roles_from_column(&roles_to_column(&roles)), roles);
-    }
-
-    #[test]
-    fn a_cursor_round_trips_and_garbage_is_refused() -> Result<(), Error> {
-        let cursor = Cursor {
-            created_at_ms: 1_700_000_000_123,
-            id: uuid::Uuid::new_v4().to_string(),
-        };
-        assert_eq!(Cursor::decode("page_token", &cursor.encode())?, cursor);
-        for bad in ["", "!!!", &URL_SAFE_NO_PAD.encode("12:not-a-uuid")] {
-            assert!(Cursor::decode("page_token", bad).is_err(), "{bad:?}");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn page_size_is_bounded() {
-        assert_eq!(page_size("page_size", 0).ok(), Some(20));
-        assert_eq!(page_size("page_size", 100).ok(), Some(100));
-        assert!(page_size("page_size", 101).is_err());
-        assert!(page_size("page_size", -1).is_err());
     }
 }

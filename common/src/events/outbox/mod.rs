@@ -6,7 +6,7 @@ pub mod postgres;
 mod relay;
 pub mod sqlite;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use relay::{OutboxRelay, RelayConfig};
 
@@ -52,12 +52,7 @@ pub trait OutboxSource: Send + Sync {
     fn wait_for_new(&self, at_most: Duration) -> BoxFuture<'_, ()>;
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use crate::clock::now_ms;
 
 pub(crate) fn age_since(created_at_ms: Option<i64>) -> Duration {
     created_at_ms

@@ -4,10 +4,7 @@
 
 mod sql;
 
-use std::{
-    sync::Arc,
-    time::{SystemTime, UNIX_EPOCH},
-};
+use std::sync::Arc;
 
 use shop_common::{
     Error,
@@ -15,7 +12,9 @@ use shop_common::{
     storage::Sql,
 };
 
-use crate::domain::{Cursor, NewUser, User, UserChanges};
+use shop_common::paging::Cursor;
+
+use crate::domain::{NewUser, User, UserChanges};
 
 /// The migrations of this service, embedded in the binary.
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -94,12 +93,7 @@ pub(crate) fn open(sql: Sql) -> Arc<dyn UserStore> {
     sql::open(sql)
 }
 
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
+pub(crate) use shop_common::clock::now_ms;
 
 /// Database errors mean the same on both backends; translated here, once.
 fn db_error(error: sqlx::Error) -> Error {

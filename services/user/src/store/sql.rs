@@ -12,7 +12,9 @@ use shop_common::{
 use sqlx::Row as _;
 
 use super::{NewRefreshToken, Rotation, UserStore, db_error, now_ms, outbox_error};
-use crate::domain::{Cursor, NewUser, User, UserChanges, roles_from_column, roles_to_column};
+use shop_common::paging::Cursor;
+
+use crate::domain::{NewUser, User, UserChanges, roles_from_column, roles_to_column};
 
 macro_rules! user_columns {
     () => {
@@ -179,9 +181,7 @@ macro_rules! sql_store {
                 limit: u32,
             ) -> BoxFuture<'a, Result<Vec<User>, Error>> {
                 Box::pin(async move {
-                    let (at, id) = after
-                        .map(|c| (c.created_at_ms, c.id.as_str()))
-                        .unwrap_or((i64::MIN, ""));
+                    let (at, id) = Cursor::bounds(after);
                     let rows = sqlx::query(concat!(
                         "SELECT ",
                         user_columns!(),
