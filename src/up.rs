@@ -47,6 +47,10 @@ pub struct UpArgs {
     /// created if missing. Unset: SQLite files under `--data-dir`.
     #[arg(long, env = "SHOP_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// MongoDB URL for the product catalogue (`mongodb://host/shop_product`). Unset: the
+    /// catalogue uses the SQL database like the other services.
+    #[arg(long, env = "SHOP_MONGODB_URL", hide_env_values = true)]
+    pub mongodb_url: Option<String>,
     /// RabbitMQ URL for the events. Unset: an in-process bus with the same guarantees.
     #[arg(long, env = "SHOP_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
@@ -68,6 +72,7 @@ impl UpArgs {
             metrics_port: 0,
             data_dir: data_dir.to_owned(),
             database_url: None,
+            mongodb_url: None,
             amqp_url: None,
             shutdown: ShutdownArgs::default(),
         }
@@ -180,16 +185,20 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
         user_service::NAME,
         user_service::serve_with(user_config, Some(bus.clone()), user, token()),
     ));
+    let product_database = match &args.mongodb_url {
+        Some(url) => url.clone(),
+        None => database_url(args, "product").await?,
+    };
+    let mut product_config = product_service::Config::local(
+        endpoints.product,
+        product_database,
+        format!("http://{}", endpoints.user),
+    );
+    product_config.shutdown = timing.clone();
+    product_config.seed_demo_catalogue = true;
     parts.spawn(part(
         product_service::NAME,
-        product_service::serve(
-            product_service::Config {
-                listen: endpoints.product,
-                shutdown: timing.clone(),
-            },
-            product,
-            token(),
-        ),
+        product_service::serve_with(product_config, Some(bus.clone()), product, token()),
     ));
     parts.spawn(part(
         order_service::NAME,

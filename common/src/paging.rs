@@ -51,11 +51,7 @@ impl Cursor {
 }
 
 /// Splits `rows` (fetched with `limit + 1`) into the page and the token of the next one.
-pub fn page<T>(
-    mut rows: Vec<T>,
-    limit: u32,
-    key: impl Fn(&T) -> Cursor,
-) -> (Vec<T>, String) {
+pub fn page<T>(mut rows: Vec<T>, limit: u32, key: impl Fn(&T) -> Cursor) -> (Vec<T>, String) {
     let limit = limit as usize;
     if rows.len() <= limit {
         return (rows, String::new());
@@ -75,10 +71,19 @@ mod tests {
             created_at_ms: 1_700_000_000_123,
             id: uuid::Uuid::new_v4().to_string(),
         };
-        assert_eq!(Cursor::decode("page_token", &cursor.encode())?, Some(cursor));
+        assert_eq!(
+            Cursor::decode("page_token", &cursor.encode())?,
+            Some(cursor)
+        );
         assert_eq!(Cursor::decode("page_token", "")?, None);
-        for bad in ["!!!", &URL_SAFE_NO_PAD.encode("12:not-a-uuid"), "bm9jb2xvbg"] {
-            let error = Cursor::decode("page_token", bad).err().map(|e| e.to_string());
+        for bad in [
+            "!!!",
+            &URL_SAFE_NO_PAD.encode("12:not-a-uuid"),
+            "bm9jb2xvbg",
+        ] {
+            let error = Cursor::decode("page_token", bad)
+                .err()
+                .map(|e| e.to_string());
             assert_eq!(
                 error.as_deref(),
                 Some("page_token is not a page token from a previous response"),

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use shop_common::config::ShutdownArgs;
+use shop_common::config::{JwtArgs, ShutdownArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -14,6 +14,49 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// `mongodb://…` (production), `postgres://…` or `sqlite://path` (created if missing).
+    #[arg(
+        long,
+        env = "PRODUCT_DATABASE_URL",
+        default_value = "sqlite://data/product.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL: `order.cancelled` events release stock. Unset: no events are consumed.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// user-service, whose JWKS verifies callers' tokens.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// Fill an empty catalogue with demo products at start (local runs).
+    #[arg(long, env = "PRODUCT_SEED_DEMO_CATALOGUE", default_value_t = false)]
+    pub seed_demo_catalogue: bool,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+impl Config {
+    /// Defaults for a local run, as `shop up` and the tests start it.
+    pub fn local(listen: SocketAddr, database_url: String, user_service_url: String) -> Self {
+        Self {
+            listen,
+            database_url,
+            amqp_url: None,
+            user_service_url,
+            seed_demo_catalogue: false,
+            jwt: JwtArgs::default(),
+            shutdown: ShutdownArgs::default(),
+        }
+    }
 }

@@ -1,0 +1,45 @@
+//! What the product service consumes: `order.cancelled` puts the order's reserved stock back.
+//! Releasing is idempotent by itself (a second release finds nothing reserved), so a redelivered
+//! event changes nothing.
+
+use std::sync::Arc;
+
+use shop_common::{
+    Error,
+    events::{BoxFuture, Envelope, EventHandler, HandlerError, RetryPolicy, Subscription},
+};
+use shop_proto::events::v1::OrderCancelled;
+
+use crate::{NAME, store::ProductStore};
+
+pub(crate) fn subscription() -> Subscription {
+    Subscription {
+        consumer: NAME.to_owned(),
+        routing_keys: vec!["order.cancelled".to_owned()],
+        retry: RetryPolicy::default(),
+    }
+}
+
+pub(crate) struct ReleaseOnCancel {
+    pub(crate) store: Arc<dyn ProductStore>,
+}
+
+impl EventHandler for ReleaseOnCancel {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let event: OrderCancelled = envelope
+                .payload()
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            match self.store.release(&event.order_id).await {
+                Ok(released) => {
+                    tracing::info!(order_id = %event.order_id, released, "order cancelled");
+                    Ok(())
+                }
+                Err(error @ Error::Unavailable { .. }) => {
+                    Err(HandlerError::Transient(error.to_string()))
+                }
+                Err(error) => Err(HandlerError::Permanent(error.to_string())),
+            }
+        })
+    }
+}
