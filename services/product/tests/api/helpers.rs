@@ -1,0 +1,270 @@
+//! A user-service (for real tokens) and a product-service on the backend under test, both on
+//! ephemeral ports, sharing one in-process event bus.
+
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use product_service::Config;
+use shop_common::{
+    config::Secret,
+    events::{EventBus, InProcessBus},
+    storage::database_on,
+};
+use shop_proto::{
+    common::v1::Money,
+    product::v1::{self as pb, product_service_client::ProductServiceClient},
+    user::v1::{self as user_pb, user_service_client::UserServiceClient},
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, transport::Channel};
+
+const ADMIN_EMAIL: &str = "admin@shop.test";
+const ADMIN_PASSWORD: &str = "admin password for tests";
+const CLIENT_ID: &str = "order-service";
+const CLIENT_SECRET: &str = "order-service-secret-for-tests";
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Backend {
+    Sqlite,
+    Postgres,
+    Mongo,
+}
+
+/// The catalogue database of one test; `None` (skipped, said so) when the backend is absent.
+async fn database(backend: Backend, dir: &tempfile::TempDir) -> anyhow::Result<Option<String>> {
+    let name = format!("test_product_{}", uuid::Uuid::new_v4().simple());
+    match backend {
+        Backend::Sqlite => Ok(Some(format!(
+            "sqlite://{}",
+            dir.path().join("product.db").display()
+        ))),
+        Backend::Postgres => {
+            let Ok(server) = std::env::var("DATABASE_URL") else {
+                eprintln!("skipped: DATABASE_URL is not set, so PostgreSQL is not tested");
+                return Ok(None);
+            };
+            Ok(Some(database_on(&server, &name).await?))
+        }
+        Backend::Mongo => {
+            let Ok(server) = std::env::var("MONGODB_URL") else {
+                eprintln!("skipped: MONGODB_URL is not set, so MongoDB is not tested");
+                return Ok(None);
+            };
+            let (base, query) = server.split_once('?').unwrap_or((&server, ""));
+            let base = base.trim_end_matches('/');
+            Ok(Some(if query.is_empty() {
+                format!("{base}/{name}")
+            } else {
+                format!("{base}/{name}?{query}")
+            }))
+        }
+    }
+}
+
+fn signing_key() -> anyhow::Result<String> {
+    static KEY: OnceLock<String> = OnceLock::new();
+    if let Some(key) = KEY.get() {
+        return Ok(key.clone());
+    }
+    let key = user_service::SigningKeys::generate_pem()?;
+    Ok(KEY.get_or_init(|| key).clone())
+}
+
+pub(crate) struct Shop {
+    pub(crate) products: ProductServiceClient<Channel>,
+    pub(crate) bus: Arc<InProcessBus>,
+    pub(crate) admin: String,
+    pub(crate) customer: String,
+    pub(crate) service: String,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
+    Ok(Channel::from_shared(format!("http://{addr}"))?
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await?)
+}
+
+impl Shop {
+    pub(crate) async fn start(backend: Backend) -> anyhow::Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let Some(catalogue) = database(backend, &dir).await? else {
+            return Ok(None);
+        };
+        let shutdown = CancellationToken::new();
+        let bus = Arc::new(InProcessBus::new());
+
+        let user_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let user_addr = user_listener.local_addr()?;
+        let mut users = user_service::Config::local(
+            user_addr,
+            format!("sqlite://{}", dir.path().join("user.db").display()),
+        );
+        users.signing_key = Some(signing_key()?);
+        users.service_clients = Some(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+        users.seed_users = vec![user_service::SeedUser {
+            email: ADMIN_EMAIL.to_owned(),
+            password: Secret::new(ADMIN_PASSWORD),
+            display_name: "Admin".to_owned(),
+            admin: true,
+        }];
+        let user_task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                user_service::serve_with(users, None, user_listener, shutdown).await?;
+                anyhow::Ok(())
+            }
+        });
+
+        let product_listener = TcpListener::bind("127.0.0.1:0").await?;
+        let product_addr = product_listener.local_addr()?;
+        let config = Config::local(product_addr, catalogue, format!("http://{user_addr}"));
+        let product_task = tokio::spawn({
+            let shutdown = shutdown.clone();
+            let bus: Arc<dyn EventBus> = bus.clone();
+            async move {
+                product_service::serve_with(config, Some(bus), product_listener, shutdown).await?;
+                anyhow::Ok(())
+            }
+        });
+
+        let mut users = UserServiceClient::new(channel(user_addr).await?);
+        let login = |email: &str, password: &str| user_pb::LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
+        let admin = token(
+            users
+                .login(login(ADMIN_EMAIL, ADMIN_PASSWORD))
+                .await?
+                .into_inner(),
+        )?;
+        users
+            .register(user_pb::RegisterRequest {
+                email: "ada@example.com".to_owned(),
+                password: "correct horse battery".to_owned(),
+                display_name: "Ada".to_owned(),
+            })
+            .await?;
+        let customer = token(
+            users
+                .login(login("ada@example.com", "correct horse battery"))
+                .await?
+                .into_inner(),
+        )?;
+        let service = users
+            .issue_service_token(user_pb::IssueServiceTokenRequest {
+                client_id: CLIENT_ID.to_owned(),
+                client_secret: CLIENT_SECRET.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .access_token;
+
+        Ok(Some(Self {
+            products: ProductServiceClient::new(channel(product_addr).await?),
+            bus,
+            admin,
+            customer,
+            service,
+            shutdown,
+            tasks: vec![user_task, product_task],
+            _dir: dir,
+        }))
+    }
+
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn client(&self) -> ProductServiceClient<Channel> {
+        self.products.clone()
+    }
+
+    /// Creates a product as the admin.
+    pub(crate) async fn create(&self, product: pb::Product) -> anyhow::Result<pb::Product> {
+        self.client()
+            .create_product(bearer(
+                pb::CreateProductRequest {
+                    product: Some(product),
+                },
+                &self.admin,
+            ))
+            .await?
+            .into_inner()
+            .product
+            .context("no product in the response")
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> anyhow::Result<pb::Product> {
+        self.client()
+            .get_product(pb::GetProductRequest {
+                product_id: id.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .product
+            .context("no product in the response")
+    }
+
+    pub(crate) async fn reserve(
+        &self,
+        order_id: &str,
+        items: &[(&str, i32)],
+    ) -> Result<pb::ReserveStockResponse, tonic::Status> {
+        let request = pb::ReserveStockRequest {
+            order_id: order_id.to_owned(),
+            items: items
+                .iter()
+                .map(|(id, quantity)| pb::StockItem {
+                    product_id: (*id).to_owned(),
+                    quantity: *quantity,
+                })
+                .collect(),
+        };
+        Ok(self
+            .client()
+            .reserve_stock(bearer(request, &self.service))
+            .await?
+            .into_inner())
+    }
+}
+
+fn token(response: user_pb::LoginResponse) -> anyhow::Result<String> {
+    Ok(response.tokens.context("no tokens")?.access_token)
+}
+
+pub(crate) fn bearer<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Ok(value) = format!("Bearer {token}").parse() {
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// A valid product to vary.
+pub(crate) fn product(sku: &str, category: &str, price: i64, stock: i32) -> pb::Product {
+    pb::Product {
+        sku: sku.to_owned(),
+        name: format!("Product {sku}"),
+        description: format!("The {category} item called {sku}"),
+        category: category.to_owned(),
+        price: Some(Money {
+            amount_minor: price,
+            currency: "EUR".to_owned(),
+        }),
+        stock,
+        ..pb::Product::default()
+    }
+}
