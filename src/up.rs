@@ -181,6 +181,13 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
             admin: *role == "admin",
         })
         .collect();
+    // order-service's credentials at user-service, made up for this run.
+    let order_secret = Secret::new(format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    user_config.service_clients = Some(format!("order-service:{}", order_secret.expose()));
     parts.spawn(part(
         user_service::NAME,
         user_service::serve_with(user_config, Some(bus.clone()), user, token()),
@@ -200,24 +207,30 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
         product_service::NAME,
         product_service::serve_with(product_config, Some(bus.clone()), product, token()),
     ));
+    let mut order_config = order_service::Config::local(
+        endpoints.order,
+        database_url(args, "order").await?,
+        format!("http://{}", endpoints.user),
+        format!("http://{}", endpoints.product),
+        order_secret,
+    );
+    order_config.shutdown = timing.clone();
     parts.spawn(part(
         order_service::NAME,
-        order_service::serve(
-            order_service::Config {
-                listen: endpoints.order,
-                shutdown: timing.clone(),
-            },
-            order,
-            token(),
-        ),
+        order_service::serve_with(order_config, Some(bus.clone()), order, token()),
     ));
+    let mut payment_config = payment_service::Config::local(
+        endpoints.payment,
+        database_url(args, "payment").await?,
+        format!("http://{}", endpoints.user),
+    );
+    payment_config.shutdown = timing.clone();
     parts.spawn(part(
         payment_service::NAME,
-        payment_service::serve(
-            payment_service::Config {
-                listen: endpoints.payment,
-                shutdown: timing.clone(),
-            },
+        payment_service::serve_with(
+            payment_config,
+            Some(bus.clone()),
+            Arc::new(payment_service::Simulator::new()),
             payment,
             token(),
         ),

@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod events;
+pub mod fields;
 pub mod grpc;
 pub mod metrics;
 pub mod paging;

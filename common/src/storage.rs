@@ -180,3 +180,28 @@ pub async fn database_on(server_url: &str, name: &str) -> Result<String, Storage
     url.set_path(name);
     Ok(url.to_string())
 }
+
+/// A database error as the client should see it: the database not answering is UNAVAILABLE
+/// (worth a retry), anything else INTERNAL. Unique violations are the caller's to translate
+/// first (see [`is_unique_violation`]).
+pub fn db_error(error: sqlx::Error) -> crate::Error {
+    match &error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => crate::Error::unavailable("database", error),
+        _ => crate::Error::internal(error),
+    }
+}
+
+pub fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
+}
+
+/// An outbox append failure, translated like [`db_error`].
+pub fn outbox_error(error: outbox::OutboxError) -> crate::Error {
+    match error {
+        outbox::OutboxError::Database(e) => db_error(e),
+        other => crate::Error::internal(other),
+    }
+}

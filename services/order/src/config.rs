@@ -1,8 +1,8 @@
 //! Settings of the order service, from flags or the environment.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::ShutdownArgs;
+use shop_common::config::{ConfigError, JwtArgs, Secret, ShutdownArgs, value_or_file};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -14,6 +14,93 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start.
+    #[arg(
+        long,
+        env = "ORDER_DATABASE_URL",
+        default_value = "sqlite://data/order.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL. Unset: events wait in the outbox and payment outcomes are not consumed.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// user-service: the JWKS that verifies callers, and this service's own token.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// product-service: prices and stock reservations.
+    #[arg(
+        long,
+        env = "PRODUCT_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub product_service_url: String,
+
+    /// This service's client id at user-service (for its `service` token).
+    #[arg(long, env = "ORDER_CLIENT_ID", default_value = "order-service")]
+    pub client_id: String,
+
+    /// Its client secret; prefer `ORDER_CLIENT_SECRET_FILE`.
+    #[arg(long, env = "ORDER_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+
+    #[arg(long, env = "ORDER_CLIENT_SECRET_FILE")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// Deadline of each call to product-service.
+    #[arg(long, env = "ORDER_PRODUCT_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub product_deadline: Duration,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+impl Config {
+    /// Defaults for a local run, as `shop up` and the tests start it.
+    pub fn local(
+        listen: SocketAddr,
+        database_url: String,
+        user_service_url: String,
+        product_service_url: String,
+        client_secret: Secret,
+    ) -> Self {
+        Self {
+            listen,
+            database_url,
+            amqp_url: None,
+            user_service_url,
+            product_service_url,
+            client_id: "order-service".to_owned(),
+            client_secret: Some(client_secret.expose().to_owned()),
+            client_secret_file: None,
+            product_deadline: Duration::from_secs(5),
+            jwt: JwtArgs::default(),
+            shutdown: ShutdownArgs::default(),
+        }
+    }
+
+    pub(crate) fn client_secret(&self) -> Result<Secret, ConfigError> {
+        value_or_file(
+            "ORDER_CLIENT_SECRET",
+            self.client_secret.clone(),
+            self.client_secret_file.as_deref(),
+        )?
+        .map(|(secret, _)| secret)
+        .ok_or_else(|| {
+            ConfigError::new(
+                "ORDER_CLIENT_SECRET_FILE",
+                "is required (or ORDER_CLIENT_SECRET): order-service reserves stock with its own service token",
+            )
+        })
+    }
 }

@@ -1,8 +1,8 @@
 //! Settings of the payment service, from flags or the environment.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
-use shop_common::config::ShutdownArgs;
+use shop_common::config::{JwtArgs, ShutdownArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -14,6 +14,59 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start.
+    #[arg(
+        long,
+        env = "PAYMENT_DATABASE_URL",
+        default_value = "sqlite://data/payment.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// RabbitMQ URL. Unset: no order is charged (events are how orders arrive).
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+
+    /// user-service, whose JWKS verifies callers' tokens.
+    #[arg(
+        long,
+        env = "USER_SERVICE_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub user_service_url: String,
+
+    /// How long one call to the payment provider may take before it counts as failed.
+    #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+
+    /// Attempts per charge (the first included) on transient provider failures and timeouts.
+    #[arg(long, env = "PAYMENT_CHARGE_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub charge_attempts: u32,
+
+    /// Wait before the second attempt; doubles for each further one.
+    #[arg(long, env = "PAYMENT_RETRY_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
+    pub retry_delay: Duration,
+
+    #[command(flatten)]
+    pub jwt: JwtArgs,
+
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+}
+
+impl Config {
+    /// Defaults for a local run, as `shop up` and the tests start it.
+    pub fn local(listen: SocketAddr, database_url: String, user_service_url: String) -> Self {
+        Self {
+            listen,
+            database_url,
+            amqp_url: None,
+            user_service_url,
+            provider_timeout: Duration::from_secs(10),
+            charge_attempts: 4,
+            retry_delay: Duration::from_millis(200),
+            jwt: JwtArgs::default(),
+            shutdown: ShutdownArgs::default(),
+        }
+    }
 }

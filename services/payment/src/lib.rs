@@ -1,22 +1,113 @@
-//! The payment service: payments and refunds.
+//! The payment service: charges orders when `order.created` arrives (through a
+//! `PaymentProvider`; the shipped one is a deterministic simulator), announces the outcome, and
+//! refunds cancelled orders and admin requests.
 
+mod api;
 mod config;
+mod domain;
+mod events;
+mod payments;
+mod provider;
+mod store;
+
+use std::{sync::Arc, time::Duration};
 
 pub use config::Config;
-use shop_common::grpc::{GrpcServer, ServeError};
+pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
+use shop_common::{
+    auth::{AuthLayer, JwksClient, Verifier},
+    config::ConfigError,
+    events::{BusError, EventBus, RabbitBus},
+    grpc::{GrpcServer, ServeError},
+    storage::{Sql, StorageError},
+};
+use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+use crate::{api::PaymentApi, payments::Payments};
 
 /// The name this service logs and reports under.
 pub const NAME: &str = "payment-service";
 
-/// Serves the payment service on `listener` until `shutdown` is cancelled, then drains.
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentServiceError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("event bus: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+}
+
+/// Serves the payment service with the simulator on `listener` until `shutdown` is cancelled.
 pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
+) -> Result<(), PaymentServiceError> {
+    let bus: Option<Arc<dyn EventBus>> = match &config.amqp_url {
+        Some(url) => Some(Arc::new(RabbitBus::connect(url).await?)),
+        None => {
+            tracing::warn!("AMQP_URL is not set: no order will be charged");
+            None
+        }
+    };
+    serve_with(config, bus, Arc::new(Simulator::new()), listener, shutdown).await
+}
+
+/// [`serve`] with the event bus and the provider given (`shop up` and the tests).
+pub async fn serve_with(
+    config: Config,
+    bus: Option<Arc<dyn EventBus>>,
+    provider: Arc<dyn PaymentProvider>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), PaymentServiceError> {
+    let sql = Sql::connect("PAYMENT_DATABASE_URL", &config.database_url).await?;
+    sql.migrate(&store::MIGRATOR).await?;
+    tracing::info!(backend = sql.backend(), "payment store ready");
+    let store = store::open(sql.clone());
+    let payments = Arc::new(Payments {
+        store: store.clone(),
+        provider,
+        timeout: config.provider_timeout,
+        attempts: config.charge_attempts,
+        retry_delay: config.retry_delay,
+    });
+
+    let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
+    let jwks = Arc::new(JwksClient::new(
+        "USER_SERVICE_URL",
+        &config.user_service_url,
+        verifier.clone(),
+    )?);
+    let mut tasks = vec![
+        jwks.clone()
+            .spawn_refresh(Duration::from_secs(300), shutdown.clone()),
+    ];
+    if let Some(bus) = bus {
+        tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
+        let handler = Arc::new(events::OrderEvents {
+            payments: payments.clone(),
+        });
+        tasks.push(
+            bus.subscribe(events::subscription(), handler, shutdown.clone())
+                .await?,
+        );
+    }
+
+    let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
+        .add_service(PaymentServiceServer::new(PaymentApi { store, payments }))
+        .with_auth(AuthLayer::new(verifier, api::policy()).with_key_source(jwks))
         .serve(listener, shutdown)
-        .await
+        .await;
+    for task in tasks {
+        if let Err(error) = task.await {
+            tracing::warn!(%error, "background task failed");
+        }
+    }
+    Ok(served?)
 }

@@ -192,22 +192,6 @@ pub(crate) fn parse_stock(field: &str, stock: i32) -> Result<i32, Error> {
     Ok(stock)
 }
 
-fn bounded(field: &str, raw: &str, min: usize, max: usize) -> Result<String, Error> {
-    let value = raw.trim();
-    let chars = value.chars().count();
-    if chars < min || chars > max {
-        return Err(Error::invalid(
-            field,
-            if min == 0 {
-                format!("must be at most {max} characters")
-            } else {
-                format!("must be {min} to {max} characters")
-            },
-        ));
-    }
-    Ok(value.to_owned())
-}
-
 fn money(field: &str, money: Option<&Money>) -> Result<(i64, String), Error> {
     let money = money.ok_or_else(|| Error::invalid(field, "is required"))?;
     if money.amount_minor < 0 {
@@ -227,11 +211,7 @@ fn money(field: &str, money: Option<&Money>) -> Result<(i64, String), Error> {
 }
 
 /// A UUID in its canonical lower-case form.
-pub(crate) fn uuid(field: &str, raw: &str) -> Result<String, Error> {
-    uuid::Uuid::parse_str(raw.trim())
-        .map(|id| id.to_string())
-        .map_err(|_| Error::invalid(field, "must be a UUID"))
-}
+pub(crate) use shop_common::fields::{bounded, uuid};
 
 /// The lines of a reservation: 1 to 50, each product once, 1 to 1000 units each; sorted by
 /// product so concurrent reservations lock rows in the same order.

@@ -175,12 +175,7 @@ pub(crate) struct UserChanges {
     pub(crate) password_hash: Option<String>,
 }
 
-/// A UUID in its canonical lower-case form.
-pub(crate) fn user_id(field: &str, raw: &str) -> Result<String, Error> {
-    uuid::Uuid::parse_str(raw.trim())
-        .map(|id| id.to_string())
-        .map_err(|_| Error::invalid(field, "must be a UUID"))
-}
+pub(crate) use shop_common::fields::uuid as user_id;
 
 #[cfg(test)]
 mod tests {

@@ -91,13 +91,4 @@ pub(crate) fn rejection_from_columns(code: &str, message: String) -> Error {
     }
 }
 
-/// Database errors mean the same on both SQL backends; translated here, once.
-pub(crate) fn db_error(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => Error::unavailable("database", error),
-        _ => Error::internal(error),
-    }
-}
+pub(crate) use shop_common::storage::db_error;

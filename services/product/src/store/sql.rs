@@ -47,9 +47,7 @@ fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-fn unique_violation(error: &sqlx::Error) -> bool {
-    matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
-}
+use shop_common::storage::is_unique_violation as unique_violation;
 
 macro_rules! sql_store {
     ($store:ident, $db:ty) => {

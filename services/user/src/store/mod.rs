@@ -95,18 +95,12 @@ pub(crate) fn open(sql: Sql) -> Arc<dyn UserStore> {
 
 pub(crate) use shop_common::clock::now_ms;
 
-/// Database errors mean the same on both backends; translated here, once.
+/// Database errors mean the same on both backends; a unique violation is a taken email.
 fn db_error(error: sqlx::Error) -> Error {
-    match &error {
-        sqlx::Error::Database(e) if e.is_unique_violation() => {
-            Error::AlreadyExists("an account with this email already exists".to_owned())
-        }
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => Error::unavailable("database", error),
-        _ => Error::internal(error),
+    if shop_common::storage::is_unique_violation(&error) {
+        return Error::AlreadyExists("an account with this email already exists".to_owned());
     }
+    shop_common::storage::db_error(error)
 }
 
 fn outbox_error(error: shop_common::events::outbox::OutboxError) -> Error {

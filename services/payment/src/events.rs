@@ -1,0 +1,57 @@
+//! What the payment service consumes: `order.created` (charge it) and `order.cancelled` (refund
+//! it, or make sure it is never charged). Both are idempotent through the payment's own state:
+//! one payment per order, moved only from the status a change was decided on.
+
+use std::sync::Arc;
+
+use shop_common::{
+    Error,
+    events::{BoxFuture, Envelope, EventHandler, HandlerError, RetryPolicy, Subscription},
+};
+use shop_proto::events::v1::{OrderCancelled, OrderCreated};
+
+use crate::{NAME, payments::Payments};
+
+pub(crate) fn subscription() -> Subscription {
+    Subscription {
+        consumer: NAME.to_owned(),
+        routing_keys: vec!["order.created".to_owned(), "order.cancelled".to_owned()],
+        retry: RetryPolicy::default(),
+    }
+}
+
+pub(crate) struct OrderEvents {
+    pub(crate) payments: Arc<Payments>,
+}
+
+fn retry(error: Error) -> HandlerError {
+    HandlerError::Transient(format!("{error:?}"))
+}
+
+impl EventHandler for OrderEvents {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let permanent =
+                |e: shop_common::events::EnvelopeError| HandlerError::Permanent(e.to_string());
+            match envelope.event_type() {
+                "order.created" => {
+                    let order: OrderCreated = envelope.payload().map_err(permanent)?;
+                    self.payments.charge_order(&order).await.map_err(retry)?;
+                }
+                "order.cancelled" => {
+                    let order: OrderCancelled = envelope.payload().map_err(permanent)?;
+                    self.payments
+                        .cancel_order(&order.order_id, &order.user_id)
+                        .await
+                        .map_err(retry)?;
+                }
+                other => {
+                    return Err(HandlerError::Permanent(format!(
+                        "{NAME} does not handle {other} events"
+                    )));
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! What the service does with money, used by the event handlers and the API alike: charge an
+//! order (at most once, retrying transient failures with the same idempotency key), refund a
+//! payment, and settle each outcome with the event that announces it.
+
+use std::{sync::Arc, time::Duration};
+
+use shop_common::{Error, clock::now_ms, events::Envelope};
+use shop_proto::{
+    common::v1::Money,
+    events::v1::{OrderCreated, PaymentFailed, PaymentRefunded, PaymentSucceeded},
+};
+
+use crate::{
+    NAME,
+    domain::{Payment, Status, amount_due},
+    provider::{ChargeError, PaymentProvider},
+    store::{PaymentStore, Settle},
+};
+
+pub(crate) struct Payments {
+    pub(crate) store: Arc<dyn PaymentStore>,
+    pub(crate) provider: Arc<dyn PaymentProvider>,
+    pub(crate) timeout: Duration,
+    pub(crate) attempts: u32,
+    pub(crate) retry_delay: Duration,
+}
+
+fn money(payment: &Payment) -> Option<Money> {
+    Some(Money {
+        amount_minor: payment.amount_minor,
+        currency: payment.currency.clone(),
+    })
+}
+
+impl Payments {
+    /// Charges an order once. A payment already settled is left alone (a redelivered event);
+    /// one still pending (the service stopped mid-charge) is charged again with its key, which
+    /// the provider treats as the same charge.
+    pub(crate) async fn charge_order(&self, order: &OrderCreated) -> Result<Payment, Error> {
+        let due = amount_due(order);
+        let (amount_minor, currency) = due.as_ref().map_or((0, String::new()), Clone::clone);
+        let now = now_ms();
+        let payment = self
+            .store
+            .open(&Payment {
+                id: uuid::Uuid::new_v4().to_string(),
+                order_id: order.order_id.clone(),
+                user_id: order.user_id.clone(),
+                amount_minor,
+                currency,
+                status: Status::Pending,
+                failure_reason: String::new(),
+                provider_reference: String::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+            })
+            .await?;
+        if payment.status != Status::Pending {
+            return Ok(payment);
+        }
+        let outcome = match due {
+            Ok(_) => self.charge(&payment, &order.payment_method_token).await,
+            Err(refusal) => {
+                tracing::warn!(order_id = %order.order_id, %refusal, "order amounts do not add up");
+                Err("amount_mismatch".to_owned())
+            }
+        };
+        self.settle_charge(&payment, outcome).await
+    }
+
+    /// The provider's answer after up to `attempts` tries: the charge reference, or why not.
+    async fn charge(&self, payment: &Payment, token: &str) -> Result<String, String> {
+        let mut delay = self.retry_delay;
+        let mut last = String::new();
+        for attempt in 1..=self.attempts {
+            let call =
+                self.provider
+                    .charge(&payment.id, payment.amount_minor, &payment.currency, token);
+            match tokio::time::timeout(self.timeout, call).await {
+                Ok(Ok(reference)) => return Ok(reference),
+                Ok(Err(ChargeError::Declined(reason))) => return Err(reason),
+                Ok(Err(ChargeError::Transient(reason))) => last = reason,
+                Err(_) => last = "provider_timeout".to_owned(),
+            }
+            tracing::info!(payment_id = %payment.id, attempt, reason = %last, "charge attempt failed; retrying");
+            if attempt < self.attempts {
+                tokio::time::sleep(delay).await;
+                delay = delay.saturating_mul(2);
+            }
+        }
+        Err(last)
+    }
+
+    async fn settle_charge(
+        &self,
+        payment: &Payment,
+        outcome: Result<String, String>,
+    ) -> Result<Payment, Error> {
+        let (to, reason, reference, event) = match &outcome {
+            Ok(reference) => {
+                let event = PaymentSucceeded {
+                    payment_id: payment.id.clone(),
+                    order_id: payment.order_id.clone(),
+                    amount: money(payment),
+                };
+                let envelope =
+                    Envelope::new("payment.succeeded", "payment", &payment.id, NAME, &event);
+                (Status::Succeeded, "", reference.as_str(), envelope)
+            }
+            Err(reason) => {
+                let event = PaymentFailed {
+                    payment_id: payment.id.clone(),
+                    order_id: payment.order_id.clone(),
+                    reason: reason.clone(),
+                };
+                let envelope =
+                    Envelope::new("payment.failed", "payment", &payment.id, NAME, &event);
+                (Status::Failed, reason.as_str(), "", envelope)
+            }
+        };
+        let settle = Settle {
+            from: Status::Pending,
+            to,
+            failure_reason: reason,
+            provider_reference: reference,
+            event: Some(event),
+        };
+        match self.store.settle(&payment.id, settle).await? {
+            Some(settled) => {
+                tracing::info!(payment_id = %settled.id, order_id = %settled.order_id, status = settled.status.as_str(), "payment settled");
+                Ok(settled)
+            }
+            // Settled by a concurrent delivery of the same event.
+            None => self.current(&payment.id).await,
+        }
+    }
+
+    async fn current(&self, payment_id: &str) -> Result<Payment, Error> {
+        self.store
+            .get(payment_id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("payment {payment_id}")))
+    }
+
+    /// Refunds a succeeded payment (again: a no-op). Errors: FAILED_PRECONDITION when it never
+    /// succeeded, UNAVAILABLE when the provider does not answer.
+    pub(crate) async fn refund(&self, payment: &Payment) -> Result<Payment, Error> {
+        match payment.status {
+            Status::Refunded => return Ok(payment.clone()),
+            Status::Succeeded => {}
+            Status::Pending | Status::Failed => {
+                return Err(Error::FailedPrecondition(format!(
+                    "payment {} is {} and has nothing to refund",
+                    payment.id,
+                    payment.status.as_str()
+                )));
+            }
+        }
+        let refunded = tokio::time::timeout(
+            self.timeout,
+            self.provider.refund(&payment.provider_reference),
+        )
+        .await;
+        match refunded {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                return Err(Error::unavailable("payment provider", error.to_string()));
+            }
+            Err(_) => return Err(Error::unavailable("payment provider", "refund timed out")),
+        }
+        let event = PaymentRefunded {
+            payment_id: payment.id.clone(),
+            order_id: payment.order_id.clone(),
+            amount: money(payment),
+        };
+        let settle = Settle {
+            from: Status::Succeeded,
+            to: Status::Refunded,
+            failure_reason: "",
+            provider_reference: &payment.provider_reference,
+            event: Some(Envelope::new(
+                "payment.refunded",
+                "payment",
+                &payment.id,
+                NAME,
+                &event,
+            )),
+        };
+        match self.store.settle(&payment.id, settle).await? {
+            Some(refunded) => {
+                tracing::info!(payment_id = %refunded.id, order_id = %refunded.order_id, "payment refunded");
+                Ok(refunded)
+            }
+            None => self.current(&payment.id).await,
+        }
+    }
+
+    /// An order was cancelled: refund its payment if it was taken; if none was made yet, record
+    /// one that failed, so a late `order.created` charges nothing.
+    pub(crate) async fn cancel_order(&self, order_id: &str, user_id: &str) -> Result<(), Error> {
+        let now = now_ms();
+        let payment = self
+            .store
+            .open(&Payment {
+                id: uuid::Uuid::new_v4().to_string(),
+                order_id: order_id.to_owned(),
+                user_id: user_id.to_owned(),
+                amount_minor: 0,
+                currency: String::new(),
+                status: Status::Failed,
+                failure_reason: "order_cancelled".to_owned(),
+                provider_reference: String::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+            })
+            .await?;
+        match payment.status {
+            Status::Succeeded => self.refund(&payment).await.map(|_| ()),
+            // A charge is in flight: decide once it settled.
+            Status::Pending => Err(Error::unavailable(
+                "payment settlement",
+                format!("payment {} is still being charged", payment.id),
+            )),
+            Status::Failed | Status::Refunded => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Charging cards: the `PaymentProvider` trait, and the deterministic simulator that ships with
+//! the service. Providers are called with an idempotency key (the payment id), as real ones
+//! (Stripe's `Idempotency-Key`) are: a repeated charge with the same key is the same charge.
+
+use std::{collections::HashMap, sync::Mutex};
+
+use shop_common::events::BoxFuture;
+
+/// Why a charge did not go through.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChargeError {
+    /// Final: the card was refused (`card_declined`, `invalid_payment_method`).
+    #[error("declined: {0}")]
+    Declined(String),
+    /// Worth another attempt with the same key (`provider_unavailable`).
+    #[error("transient failure: {0}")]
+    Transient(String),
+}
+
+pub trait PaymentProvider: Send + Sync {
+    /// Charges `amount_minor` of `currency` to the card behind `token`; returns the provider's
+    /// charge reference. The same `key` never charges twice.
+    fn charge<'a>(
+        &'a self,
+        key: &'a str,
+        amount_minor: i64,
+        currency: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<String, ChargeError>>;
+
+    /// Refunds a charge in full; refunding twice is refunding once.
+    fn refund<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ChargeError>>;
+}
+
+/// Test card tokens drive every branch of the saga:
+/// `tok_visa` approves; `tok_declined` declines (`card_declined`); `tok_timeout` never answers
+/// (the caller's timeout fires); `tok_flaky` fails transiently twice per key, then approves. Any
+/// other token is declined as `invalid_payment_method`.
+#[derive(Debug, Default)]
+pub struct Simulator {
+    state: Mutex<Ledger>,
+}
+
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Charges made, by key: (reference, amount, currency, refunded).
+    charges: HashMap<String, (String, i64, String, bool)>,
+    /// Attempts per key, charged or not.
+    attempts: HashMap<String, u32>,
+}
+
+/// What the simulator has done so far, for tests and the curious.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimulatorTotals {
+    pub charges: usize,
+    pub refunds: usize,
+    pub attempts: u32,
+}
+
+impl Simulator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn totals(&self) -> SimulatorTotals {
+        let ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        SimulatorTotals {
+            charges: ledger.charges.len(),
+            refunds: ledger.charges.values().filter(|c| c.3).count(),
+            attempts: ledger.attempts.values().sum(),
+        }
+    }
+
+    fn attempt(&self, key: &str, amount_minor: i64, currency: &str, token: &str) -> Attempt {
+        let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let attempts = {
+            let n = ledger.attempts.entry(key.to_owned()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if let Some((reference, ..)) = ledger.charges.get(key) {
+            return Attempt::Done(Ok(reference.clone()));
+        }
+        let approve = match token {
+            "tok_visa" => true,
+            "tok_flaky" if attempts > 2 => true,
+            "tok_flaky" => {
+                return Attempt::Done(Err(ChargeError::Transient("provider_unavailable".into())));
+            }
+            "tok_timeout" => return Attempt::Hang,
+            "tok_declined" => {
+                return Attempt::Done(Err(ChargeError::Declined("card_declined".into())));
+            }
+            _ => false,
+        };
+        if !approve {
+            return Attempt::Done(Err(ChargeError::Declined("invalid_payment_method".into())));
+        }
+        let reference = format!("ch_sim_{}", uuid::Uuid::new_v4().simple());
+        ledger.charges.insert(
+            key.to_owned(),
+            (reference.clone(), amount_minor, currency.to_owned(), false),
+        );
+        Attempt::Done(Ok(reference))
+    }
+}
+
+enum Attempt {
+    Done(Result<String, ChargeError>),
+    Hang,
+}
+
+impl PaymentProvider for Simulator {
+    fn charge<'a>(
+        &'a self,
+        key: &'a str,
+        amount_minor: i64,
+        currency: &'a str,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<String, ChargeError>> {
+        Box::pin(async move {
+            match self.attempt(key, amount_minor, currency, token) {
+                Attempt::Done(outcome) => outcome,
+                Attempt::Hang => std::future::pending().await,
+            }
+        })
+    }
+
+    fn refund<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ChargeError>> {
+        Box::pin(async move {
+            let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let charge = ledger.charges.values_mut().find(|c| c.0 == reference);
+            match charge {
+                Some(charge) => {
+                    charge.3 = true;
+                    Ok(())
+                }
+                None => Err(ChargeError::Declined(format!("no charge {reference}"))),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    async fn charge(sim: &Simulator, key: &str, token: &str) -> Result<String, ChargeError> {
+        tokio::time::timeout(
+            Duration::from_millis(50),
+            sim.charge(key, 100, "EUR", token),
+        )
+        .await
+        .unwrap_or(Err(ChargeError::Transient("timed out".into())))
+    }
+
+    #[tokio::test]
+    async fn each_test_card_takes_its_branch() {
+        let sim = Simulator::new();
+        assert!(charge(&sim, "a", "tok_visa").await.is_ok());
+        assert_eq!(
+            charge(&sim, "b", "tok_declined").await,
+            Err(ChargeError::Declined("card_declined".into()))
+        );
+        assert_eq!(
+            charge(&sim, "c", "tok_timeout").await,
+            Err(ChargeError::Transient("timed out".into()))
+        );
+        assert_eq!(
+            charge(&sim, "d", "tok_nonsense").await,
+            Err(ChargeError::Declined("invalid_payment_method".into()))
+        );
+        assert_eq!(sim.totals().charges, 1);
+    }
+
+    #[tokio::test]
+    async fn flaky_fails_twice_per_key_then_approves_once() {
+        let sim = Simulator::new();
+        for _ in 0..2 {
+            let failed = charge(&sim, "k", "tok_flaky").await;
+            assert_eq!(
+                failed,
+                Err(ChargeError::Transient("provider_unavailable".into()))
+            );
+        }
+        let first = charge(&sim, "k", "tok_flaky").await;
+        let again = charge(&sim, "k", "tok_flaky").await;
+        assert!(first.is_ok());
+        assert_eq!(first, again, "the same key is the same charge");
+        assert_eq!(sim.totals().charges, 1);
+        assert_eq!(sim.totals().attempts, 4);
+    }
+
+    #[tokio::test]
+    async fn refunds_are_idempotent_and_need_a_charge() {
+        let sim = Simulator::new();
+        let reference = charge(&sim, "a", "tok_visa").await.unwrap_or_default();
+        assert!(sim.refund(&reference).await.is_ok());
+        assert!(sim.refund(&reference).await.is_ok());
+        assert_eq!(sim.totals().refunds, 1);
+        assert!(sim.refund("ch_unknown").await.is_err());
+    }
+}
