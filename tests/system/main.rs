@@ -4,4 +4,5 @@
 mod dlq_cli;
 mod helpers;
 mod process;
+mod saga;
 mod server_kit;
