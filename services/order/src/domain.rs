@@ -401,7 +401,8 @@ mod tests {
 
     #[test]
     fn bad_requests_name_the_field_and_the_rule() {
-        let cases: [(fn(&mut pb::PlaceOrderRequest), &str); 8] = [
+        type Spoil = fn(&mut pb::PlaceOrderRequest);
+        let cases: [(Spoil, &str); 8] = [
             (|r| r.items.clear(), "items must hold 1 to 50 lines"),
             (
                 |r| r.items[1].quantity = 0,
