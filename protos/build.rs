@@ -3,8 +3,6 @@
 
 use std::{env, fs, path::PathBuf};
 
-use prost::Message;
-
 const ROOT_FILES: &[&str] = &[
     "shop/common/v1/money.proto",
     "shop/user/v1/user.proto",
@@ -25,12 +23,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         proto_dir.join("google").display()
     );
 
-    let descriptors = protox::compile(ROOT_FILES, [&proto_dir])?;
+    let mut compiler = protox::Compiler::new([&proto_dir])?;
+    compiler.include_imports(true).include_source_info(false);
+    compiler.open_files(ROOT_FILES)?;
+    // Encoded by protox itself: re-encoding prost_types' copy would drop the custom options
+    // (google.api.http) that the gateway reads.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(
         out_dir.join("shop_descriptor.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let descriptors = compiler.file_descriptor_set();
 
     tonic_prost_build::configure()
         .build_client(true)

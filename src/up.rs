@@ -238,9 +238,15 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     parts.spawn(part(
         gateway::NAME,
         gateway::serve(
-            gateway::Config {
-                listen: endpoints.gateway,
-            },
+            gateway::Config::local(
+                endpoints.gateway,
+                &[
+                    ("user-service", format!("http://{}", endpoints.user)),
+                    ("product-service", format!("http://{}", endpoints.product)),
+                    ("order-service", format!("http://{}", endpoints.order)),
+                    ("payment-service", format!("http://{}", endpoints.payment)),
+                ],
+            ),
             gateway,
             token(),
         ),

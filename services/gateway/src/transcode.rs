@@ -1,0 +1,312 @@
+//! REST to gRPC and back, with messages built at run time from the descriptors: path variables
+//! and query parameters set fields (nested with dots), a JSON body fills the request or one
+//! field, and responses are proto3 JSON (lowerCamel names, enums as names, 64-bit integers as
+//! strings, well-known types in their JSON forms). Errors name the field.
+
+use prost_reflect::{
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
+    SerializeOptions, Value,
+};
+
+use crate::rules::Rule;
+
+/// A request the client got wrong: 400 with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadRequest(pub(crate) String);
+
+/// The fields along `path` (`user.user_id`) from `message`, if they all exist and all but the
+/// last are singular messages.
+pub(crate) fn field_path(message: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
+    let mut fields = Vec::new();
+    let mut current = message.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(name) = parts.next() {
+        let field = current
+            .get_field_by_name(name)
+            .or_else(|| current.get_field_by_json_name(name))?;
+        if parts.peek().is_some() {
+            match field.kind() {
+                Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
+                _ => return None,
+            }
+        }
+        fields.push(field);
+    }
+    Some(fields)
+}
+
+/// Parses one text value (from a path or query) as the field's type.
+fn scalar(field: &FieldDescriptor, name: &str, raw: &str) -> Result<Value, BadRequest> {
+    let wrong = |what: &str| BadRequest(format!("{name} must be {what}, not {raw:?}"));
+    Ok(match field.kind() {
+        Kind::String => Value::String(raw.to_owned()),
+        Kind::Bool => Value::Bool(raw.parse().map_err(|_| wrong("true or false"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            Value::I32(raw.parse().map_err(|_| wrong("a 32-bit integer"))?)
+        }
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => {
+            Value::I64(raw.parse().map_err(|_| wrong("a 64-bit integer"))?)
+        }
+        Kind::Uint32 | Kind::Fixed32 => Value::U32(
+            raw.parse()
+                .map_err(|_| wrong("an unsigned 32-bit integer"))?,
+        ),
+        Kind::Uint64 | Kind::Fixed64 => Value::U64(
+            raw.parse()
+                .map_err(|_| wrong("an unsigned 64-bit integer"))?,
+        ),
+        Kind::Double => Value::F64(raw.parse().map_err(|_| wrong("a number"))?),
+        Kind::Float => Value::F32(raw.parse().map_err(|_| wrong("a number"))?),
+        Kind::Enum(e) => {
+            let value = e
+                .get_value_by_name(raw)
+                .or_else(|| raw.parse().ok().and_then(|n| e.get_value(n)));
+            let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
+            Value::EnumNumber(
+                value
+                    .ok_or_else(|| wrong(&format!("one of {}", names.join(", "))))?
+                    .number(),
+            )
+        }
+        Kind::Bytes | Kind::Message(_) => {
+            return Err(BadRequest(format!(
+                "{name} cannot be set from a path or query parameter"
+            )));
+        }
+    })
+}
+
+/// Sets `path` (dotted) in `message` to `raw`; a repeated field gets `raw` appended.
+fn set(message: &mut DynamicMessage, path: &str, raw: &str) -> Result<(), BadRequest> {
+    let descriptor = message.descriptor();
+    let unknown = || BadRequest(format!("{path} is not a field of {}", descriptor.name()));
+    let fields = field_path(&descriptor, path).ok_or_else(unknown)?;
+    let Some((last, parents)) = fields.split_last() else {
+        return Err(unknown());
+    };
+    let mut target = message;
+    for parent in parents {
+        let Value::Message(inner) = target.get_field_mut(parent) else {
+            return Err(unknown());
+        };
+        target = inner;
+    }
+    if last.is_map() {
+        return Err(BadRequest(format!(
+            "{path} is a map and cannot be set from a query"
+        )));
+    }
+    let value = scalar(last, path, raw)?;
+    if last.is_list() {
+        if let Value::List(items) = target.get_field_mut(last) {
+            items.push(value);
+        }
+    } else {
+        target.set_field(last, value);
+    }
+    Ok(())
+}
+
+/// Parses `json` as a `descriptor` message. Unknown fields and wrong types are refused with the
+/// path of the offending field.
+fn from_json(
+    descriptor: &MessageDescriptor,
+    json: &[u8],
+    prefix: &str,
+) -> Result<DynamicMessage, BadRequest> {
+    let mut inner = serde_json::Deserializer::from_slice(json);
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(&mut inner, &mut track);
+    let options = DeserializeOptions::new().deny_unknown_fields(true);
+    let parsed = DynamicMessage::deserialize_with_options(descriptor.clone(), tracked, &options)
+        .and_then(|m| inner.end().map(|()| m));
+    parsed.map_err(|error| {
+        let path = track.path().to_string();
+        let at = match (prefix, path.as_str()) {
+            (_, ".") | (_, "") if prefix.is_empty() => "the body".to_owned(),
+            (_, ".") | (_, "") => prefix.to_owned(),
+            ("", path) => path.to_owned(),
+            (prefix, path) => format!("{prefix}.{path}"),
+        };
+        if error.is_syntax() || error.is_eof() {
+            BadRequest(format!("the body is not valid JSON: {error}"))
+        } else {
+            BadRequest(format!("{at}: {}", strip_position(&error.to_string())))
+        }
+    })
+}
+
+/// serde_json appends " at line 1 column 9"; the field path says where better.
+fn strip_position(message: &str) -> &str {
+    message.split(" at line ").next().unwrap_or(message)
+}
+
+/// The gRPC request for `rule` from the REST request's path variables, query and body.
+pub(crate) fn request(
+    rule: &Rule,
+    bound: &[(String, String)],
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<DynamicMessage, BadRequest> {
+    let input = rule.method.input();
+    let body_given = !body.iter().all(u8::is_ascii_whitespace);
+    let mut message = match rule.body.as_str() {
+        "*" if body_given => from_json(&input, body, "")?,
+        "" if body_given => {
+            return Err(BadRequest(format!(
+                "{} {} takes no body; send its fields as query parameters",
+                rule.http_method, rule.template.text
+            )));
+        }
+        "" | "*" => DynamicMessage::new(input.clone()),
+        field => {
+            let mut message = DynamicMessage::new(input.clone());
+            if body_given {
+                let descriptor = input
+                    .get_field_by_name(field)
+                    .ok_or_else(|| BadRequest(format!("{field} is not a field")))?;
+                let Kind::Message(inner) = descriptor.kind() else {
+                    return Err(BadRequest(format!("{field} is not a message")));
+                };
+                let value = from_json(&inner, body, field)?;
+                message.set_field(&descriptor, Value::Message(value));
+            }
+            message
+        }
+    };
+    for (field, value) in bound {
+        set(&mut message, field, value)?;
+    }
+    if let Some(query) = query
+        && rule.body != "*"
+    {
+        for (key, value) in url::form_urlencoded::parse(query.as_bytes()) {
+            if bound.iter().any(|(field, _)| field == key.as_ref()) {
+                return Err(BadRequest(format!("{key} is already set by the path")));
+            }
+            set(&mut message, &key, &value)?;
+        }
+    }
+    Ok(message)
+}
+
+/// The response as proto3 JSON, or only its `response_body` field.
+pub(crate) fn response_json(
+    message: &DynamicMessage,
+    response_body: &str,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let options = SerializeOptions::new();
+    let mut out = Vec::new();
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    match response_body {
+        "" | "*" => {
+            message.serialize_with_options(&mut serializer, &options)?;
+        }
+        field => match message.get_field_by_name(field).as_deref() {
+            Some(Value::Message(inner)) => {
+                inner.serialize_with_options(&mut serializer, &options)?
+            }
+            _ => out.extend_from_slice(b"null"),
+        },
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::DescriptorPool;
+
+    use super::*;
+    use crate::rules::from_pool;
+
+    fn rule(name: &str) -> Rule {
+        let pool = DescriptorPool::decode(shop_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let rules = from_pool(&pool).unwrap_or_else(|e| panic!("{e}"));
+        rules
+            .into_iter()
+            .find(|r| r.method.name() == name)
+            .unwrap_or_else(|| panic!("no rule for {name}"))
+    }
+
+    fn json(message: &DynamicMessage) -> serde_json::Value {
+        let bytes = response_json(message, "").unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    fn refusal(rule: &Rule, bound: &[(String, String)], query: Option<&str>, body: &str) -> String {
+        request(rule, bound, query, body.as_bytes())
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn query_parameters_fill_fields_with_their_types() {
+        let r = rule("ListProducts");
+        let message = request(
+            &r,
+            &[],
+            Some("query=mug&page_size=2&min_price_minor=100"),
+            b"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = json(&message);
+        assert_eq!(value["query"], "mug");
+        assert_eq!(value["pageSize"], 2);
+        assert_eq!(value["minPriceMinor"], "100", "int64 as a string");
+        assert_eq!(
+            refusal(&r, &[], Some("page_size=lots"), ""),
+            "page_size must be a 32-bit integer, not \"lots\""
+        );
+        assert_eq!(
+            refusal(&r, &[], Some("colour=red"), ""),
+            "colour is not a field of ListProductsRequest"
+        );
+    }
+
+    #[test]
+    fn a_field_body_and_a_nested_path_variable_meet_in_one_message() {
+        let r = rule("UpdateProduct");
+        let bound = [("product.product_id".to_owned(), "p1".to_owned())];
+        let message = request(
+            &r,
+            &bound,
+            None,
+            br#"{"name":"Mug","price":{"amountMinor":"5","currency":"EUR"}}"#,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let value = json(&message);
+        assert_eq!(value["product"]["productId"], "p1");
+        assert_eq!(value["product"]["name"], "Mug");
+        assert_eq!(value["product"]["price"]["amountMinor"], "5");
+    }
+
+    #[test]
+    fn body_errors_name_the_field() {
+        let r = rule("PlaceOrder");
+        assert_eq!(
+            refusal(
+                &r,
+                &[],
+                None,
+                r#"{"items":[{"productId":"p","quantity":"many"}]}"#
+            )
+            .split(':')
+            .next(),
+            Some("items[0].quantity")
+        );
+        let unknown = refusal(
+            &r,
+            &[],
+            None,
+            r#"{"items":[{"productId":"p","unitPrice":1}]}"#,
+        );
+        assert!(unknown.starts_with("items[0]"), "{unknown}");
+        assert!(unknown.contains("unitPrice"), "{unknown}");
+        assert!(refusal(&r, &[], None, "{not json").starts_with("the body is not valid JSON"));
+        let get = rule("GetOrder");
+        assert!(refusal(&get, &[], None, "{}").contains("takes no body"));
+    }
+}
