@@ -2,6 +2,7 @@
 //! real gRPC, grpc-web and HTTP on loopback.
 
 mod dlq_cli;
+mod gateway;
 mod helpers;
 mod process;
 mod saga;
