@@ -1,5 +1,6 @@
 //! The operator CLI's library, shared by the `shop` binary and the system tests: `up` runs every
-//! service and the gateway in one process, `dlq` inspects and replays dead letters.
+//! service and the gateway in one process, `dlq` inspects and replays dead letters, `load` benchmarks an HTTP endpoint.
 
 pub mod dlq;
+pub mod load;
 pub mod up;

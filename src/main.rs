@@ -3,6 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shop::{
     dlq::{self, DlqArgs},
+    load::{self, LoadArgs},
     up::{self, UpArgs},
 };
 use shop_common::{
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run every service and the gateway in this process, on the embedded defaults.
     Up(UpArgs),
+    /// Load an HTTP endpoint (the gateway) and report throughput and latency.
+    Load(LoadArgs),
     /// Inspect and replay events.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -43,6 +46,16 @@ async fn main() -> ExitCode {
         telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
     let code = match cli.command {
         Command::Up(args) => run_up(&args).await,
+        Command::Load(args) => match load::run(&args).await {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
         Command::Events(EventsCommand::Dlq(args)) => match dlq::run(&args).await {
             Ok(output) => {
                 println!("{output}");

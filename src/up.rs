@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// catalogue uses the SQL database like the other services.
     #[arg(long, env = "SHOP_MONGODB_URL", hide_env_values = true)]
     pub mongodb_url: Option<String>,
+    /// A Kong declarative file for the gateway instead of the built-in `kong/kong.yaml`.
+    #[arg(long, env = "SHOP_KONG_CONFIG")]
+    pub kong_config: Option<PathBuf>,
     /// RabbitMQ URL for the events. Unset: an in-process bus with the same guarantees.
     #[arg(long, env = "SHOP_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
@@ -73,6 +76,7 @@ impl UpArgs {
             data_dir: data_dir.to_owned(),
             database_url: None,
             mongodb_url: None,
+            kong_config: None,
             amqp_url: None,
             shutdown: ShutdownArgs::default(),
         }
@@ -235,21 +239,19 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
             token(),
         ),
     ));
+    let mut gateway_config = gateway::Config::local(
+        endpoints.gateway,
+        &[
+            ("user-service", format!("http://{}", endpoints.user)),
+            ("product-service", format!("http://{}", endpoints.product)),
+            ("order-service", format!("http://{}", endpoints.order)),
+            ("payment-service", format!("http://{}", endpoints.payment)),
+        ],
+    );
+    gateway_config.kong_config.clone_from(&args.kong_config);
     parts.spawn(part(
         gateway::NAME,
-        gateway::serve(
-            gateway::Config::local(
-                endpoints.gateway,
-                &[
-                    ("user-service", format!("http://{}", endpoints.user)),
-                    ("product-service", format!("http://{}", endpoints.product)),
-                    ("order-service", format!("http://{}", endpoints.order)),
-                    ("payment-service", format!("http://{}", endpoints.payment)),
-                ],
-            ),
-            gateway,
-            token(),
-        ),
+        gateway::serve(gateway_config, gateway, token()),
     ));
     parts.spawn(part("metrics", metrics::serve(metrics, token())));
     Ok(System {

@@ -283,3 +283,36 @@ async fn request_ids_cors_and_metrics() -> anyhow::Result<()> {
     assert!(count >= 2.0, "{count}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shop_load_reports_what_it_sent() -> anyhow::Result<()> {
+    let system = spawn_system().await?;
+    let gw = system.endpoints.gateway;
+    let (_, _, listed) = call(gw, Method::GET, "/v1/products?pageSize=1", None, "").await?;
+    let id = listed["products"][0]["productId"]
+        .as_str()
+        .context("no product")?;
+    let args = shop::load::LoadArgs {
+        url: format!("http://{gw}/v1/products/{id}"),
+        concurrency: 2,
+        duration: Duration::from_millis(300),
+        headers: vec!["X-Request-ID: load".to_owned()],
+    };
+    let report = shop::load::run(&args).await?;
+    assert!(report.ok > 0, "{report}");
+    assert_eq!(report.failed, 0, "{report}");
+    // Beyond 50 per second the gateway's rate limit answers 429: counted, not hidden.
+    assert_eq!(report.requests, report.ok + report.not_ok, "{report}");
+    assert!(report.p50 <= report.max, "{report}");
+
+    let bad = shop::load::LoadArgs {
+        url: "https://example.com".to_owned(),
+        ..args
+    };
+    let error = shop::load::run(&bad).await.err().map(|e| e.to_string());
+    assert_eq!(
+        error.as_deref(),
+        Some("--url: only http:// URLs are supported")
+    );
+    Ok(())
+}
