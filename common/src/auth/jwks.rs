@@ -132,6 +132,39 @@ impl JwksClient {
     }
 }
 
+/// What every service that checks tokens needs: a verifier fed from user-service's JWKS, the
+/// client that re-fetches on an unknown `kid`, and the task refreshing the keys every five
+/// minutes until shutdown.
+pub struct RemoteKeys {
+    pub verifier: Arc<Verifier>,
+    pub jwks: Arc<JwksClient>,
+    pub refresher: JoinHandle<()>,
+}
+
+impl RemoteKeys {
+    /// `USER_SERVICE_URL` names the setting in errors.
+    pub fn start(
+        user_service_url: &str,
+        config: &super::VerifierConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ConfigError> {
+        let verifier = Arc::new(Verifier::new(config));
+        let jwks = Arc::new(JwksClient::new(
+            "USER_SERVICE_URL",
+            user_service_url,
+            verifier.clone(),
+        )?);
+        let refresher = jwks
+            .clone()
+            .spawn_refresh(Duration::from_secs(300), shutdown);
+        Ok(Self {
+            verifier,
+            jwks,
+            refresher,
+        })
+    }
+}
+
 impl KeySource for JwksClient {
     fn refresh(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {

@@ -9,7 +9,7 @@ mod rbac;
 mod verifier;
 
 pub use claims::{Claims, Role};
-pub use jwks::{JwksClient, KeySource};
+pub use jwks::{JwksClient, KeySource, RemoteKeys};
 pub use outgoing::{ServiceToken, forward_token};
 pub use rbac::{Access, AuthLayer, Policy};
 pub use verifier::{AuthError, Verifier, VerifierConfig};

@@ -32,12 +32,7 @@ pub use kong::KongError;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 pub use routing::RoutingError;
 use serde_json::json;
-use shop_common::{
-    auth::{JwksClient, Verifier},
-    config::ConfigError,
-    grpc::lazy_channel,
-    metrics,
-};
+use shop_common::{auth::RemoteKeys, config::ConfigError, grpc::lazy_channel, metrics};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Channel};
@@ -131,15 +126,11 @@ pub async fn serve(
         .iter()
         .map(|u| lazy_channel("GATEWAY_UPSTREAMS", &u.url))
         .collect::<Result<Vec<_>, _>>()?;
-    let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
-    let jwks = Arc::new(JwksClient::new(
-        "USER_SERVICE_URL",
+    let keys = RemoteKeys::start(
         &config.user_service_url,
-        verifier.clone(),
-    )?);
-    let refresher = jwks
-        .clone()
-        .spawn_refresh(Duration::from_secs(300), shutdown.clone());
+        &config.jwt.verifier_config(),
+        shutdown.clone(),
+    )?;
     for problem in routes.drift() {
         tracing::warn!(%problem, "kong.yaml and the protos disagree");
     }
@@ -157,8 +148,8 @@ pub async fn serve(
     );
     let gateway = Arc::new(Gateway {
         jwt: Jwt {
-            verifier,
-            keys: jwks,
+            verifier: keys.verifier,
+            keys: keys.jwks,
         },
         limiter: kong
             .global("rate-limiting")
@@ -189,7 +180,7 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown.cancelled_owned())
     .await;
-    refresher.abort();
+    keys.refresher.abort();
     Ok(served?)
 }
 

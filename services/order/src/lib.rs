@@ -8,11 +8,11 @@ mod domain;
 mod events;
 mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use config::Config;
 use shop_common::{
-    auth::{AuthLayer, JwksClient, ServiceToken, Verifier},
+    auth::{AuthLayer, RemoteKeys, ServiceToken},
     config::ConfigError,
     events::{BusError, EventBus, RabbitBus},
     grpc::{GrpcServer, ServeError, lazy_channel},
@@ -82,16 +82,12 @@ pub async fn serve_with(
     tracing::info!(backend = sql.backend(), "order store ready");
     let store = store::open(sql.clone());
 
-    let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
-    let jwks = Arc::new(JwksClient::new(
-        "USER_SERVICE_URL",
+    let keys = RemoteKeys::start(
         &config.user_service_url,
-        verifier.clone(),
-    )?);
-    let mut tasks = vec![
-        jwks.clone()
-            .spawn_refresh(Duration::from_secs(300), shutdown.clone()),
-    ];
+        &config.jwt.verifier_config(),
+        shutdown.clone(),
+    )?;
+    let mut tasks = vec![keys.refresher];
     if let Some(bus) = bus {
         tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
         let handler = Arc::new(events::PaymentOutcomes {
@@ -111,7 +107,7 @@ pub async fn serve_with(
     };
     let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
         .add_service(OrderServiceServer::new(api))
-        .with_auth(AuthLayer::new(verifier, api::policy()).with_key_source(jwks))
+        .with_auth(AuthLayer::new(keys.verifier, api::policy()).with_key_source(keys.jwks))
         .serve(listener, shutdown)
         .await;
     for task in tasks {

@@ -10,12 +10,12 @@ mod payments;
 mod provider;
 mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use config::Config;
 pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
 use shop_common::{
-    auth::{AuthLayer, JwksClient, Verifier},
+    auth::{AuthLayer, RemoteKeys},
     config::ConfigError,
     events::{BusError, EventBus, RabbitBus},
     grpc::{GrpcServer, ServeError},
@@ -78,16 +78,12 @@ pub async fn serve_with(
         retry_delay: config.retry_delay,
     });
 
-    let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
-    let jwks = Arc::new(JwksClient::new(
-        "USER_SERVICE_URL",
+    let keys = RemoteKeys::start(
         &config.user_service_url,
-        verifier.clone(),
-    )?);
-    let mut tasks = vec![
-        jwks.clone()
-            .spawn_refresh(Duration::from_secs(300), shutdown.clone()),
-    ];
+        &config.jwt.verifier_config(),
+        shutdown.clone(),
+    )?;
+    let mut tasks = vec![keys.refresher];
     if let Some(bus) = bus {
         tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
         let handler = Arc::new(events::OrderEvents {
@@ -101,7 +97,7 @@ pub async fn serve_with(
 
     let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
         .add_service(PaymentServiceServer::new(PaymentApi { store, payments }))
-        .with_auth(AuthLayer::new(verifier, api::policy()).with_key_source(jwks))
+        .with_auth(AuthLayer::new(keys.verifier, api::policy()).with_key_source(keys.jwks))
         .serve(listener, shutdown)
         .await;
     for task in tasks {

@@ -8,12 +8,12 @@ mod domain;
 mod events;
 mod store;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 pub use config::Config;
 use shop_common::{
     Error,
-    auth::{AuthLayer, JwksClient, Verifier},
+    auth::{AuthLayer, RemoteKeys},
     config::ConfigError,
     events::{BusError, EventBus, RabbitBus},
     grpc::{GrpcServer, ServeError},
@@ -72,15 +72,11 @@ pub async fn serve_with(
             .map_err(ProductServiceError::Store)?;
     }
 
-    let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
-    let jwks = Arc::new(JwksClient::new(
-        "USER_SERVICE_URL",
+    let keys = RemoteKeys::start(
         &config.user_service_url,
-        verifier.clone(),
-    )?);
-    let refresher = jwks
-        .clone()
-        .spawn_refresh(Duration::from_secs(300), shutdown.clone());
+        &config.jwt.verifier_config(),
+        shutdown.clone(),
+    )?;
 
     let consumer = match &bus {
         Some(bus) => Some(
@@ -98,10 +94,10 @@ pub async fn serve_with(
 
     let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
         .add_service(ProductServiceServer::new(ProductApi { store }))
-        .with_auth(AuthLayer::new(verifier, api::policy()).with_key_source(jwks))
+        .with_auth(AuthLayer::new(keys.verifier, api::policy()).with_key_source(keys.jwks))
         .serve(listener, shutdown)
         .await;
-    for task in [Some(refresher), consumer].into_iter().flatten() {
+    for task in [Some(keys.refresher), consumer].into_iter().flatten() {
         if let Err(error) = task.await {
             tracing::warn!(%error, "background task failed");
         }
