@@ -1,11 +1,11 @@
 //! The gRPC surface: decode and validate, reserve stock at product-service, call the store,
 //! encode. Who may call what is the table in [`policy`].
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use shop_common::{
     Error,
-    auth::{Access, Claims, Policy, Role, ServiceToken},
+    auth::{Access, Claims, Policy, Role},
     clock::{now_ms, timestamp},
     events::Envelope,
     fields::{bounded, uuid},
@@ -15,16 +15,13 @@ use shop_proto::{
     common::v1::Money,
     events::v1::{CancelReason, OrderCancelled, OrderCreated, OrderLine},
     order::v1::{self as pb, order_service_server::OrderService},
-    product::v1::{
-        ReleaseStockRequest, ReserveStockRequest, StockItem,
-        product_service_client::ProductServiceClient,
-    },
 };
-use tonic::{Code, Request, Response, Status, transport::Channel};
+use tonic::{Request, Response, Status};
 
 use crate::{
     NAME,
-    domain::{Checkout, Item, Order, Status as OrderStatus, Transition, cancel_reason_text, total},
+    domain::{Checkout, Order, Status as OrderStatus, Transition, cancel_reason_text, total},
+    stock::Stock,
     store::{Change, Changed, ListFilter, OrderStore, Placed},
 };
 
@@ -42,9 +39,7 @@ pub(crate) fn policy() -> Policy {
 
 pub(crate) struct OrderApi {
     pub(crate) store: Arc<dyn OrderStore>,
-    pub(crate) products: ProductServiceClient<Channel>,
-    pub(crate) service_token: Arc<ServiceToken>,
-    pub(crate) product_deadline: Duration,
+    pub(crate) stock: Arc<Stock>,
 }
 
 fn money(amount_minor: i64, currency: &str) -> Option<Money> {
@@ -118,97 +113,6 @@ pub(crate) fn cancellation(order: &Order, reason: CancelReason, detail: &str) ->
     }
 }
 
-impl OrderApi {
-    /// Reserves the basket for `order_id` as this service; the catalogue's names and prices
-    /// come back with it.
-    async fn reserve(&self, order_id: &str, checkout: &Checkout) -> Result<Vec<Item>, Error> {
-        let mut request = Request::new(ReserveStockRequest {
-            order_id: order_id.to_owned(),
-            items: checkout
-                .items
-                .iter()
-                .map(|w| StockItem {
-                    product_id: w.product_id.clone(),
-                    quantity: w.quantity,
-                })
-                .collect(),
-        });
-        request.set_timeout(self.product_deadline);
-        self.service_token
-            .authorize(&mut request)
-            .await
-            .map_err(|status| {
-                Error::unavailable("user-service (service token)", status.to_string())
-            })?;
-        let reserved = match self.products.clone().reserve_stock(request).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => return Err(reservation_error(&status)),
-        };
-        let mut items: Vec<Item> = reserved
-            .items
-            .into_iter()
-            .map(|line| {
-                let price = line.unit_price.unwrap_or_default();
-                Item {
-                    product_id: line.product_id,
-                    sku: line.sku,
-                    name: line.name,
-                    quantity: line.quantity,
-                    unit_price_minor: price.amount_minor,
-                    currency: price.currency,
-                }
-            })
-            .collect();
-        items.sort_by(|a, b| a.product_id.cmp(&b.product_id));
-        let asked = checkout.items.iter().map(|w| (&w.product_id, w.quantity));
-        if !items.iter().map(|i| (&i.product_id, i.quantity)).eq(asked) {
-            // The order id was reserved first by another request under the same key.
-            return Err(Error::AlreadyExists(format!(
-                "idempotency_key {:?} is in use for another order; use a new key for a new order",
-                checkout.idempotency_key
-            )));
-        }
-        Ok(items)
-    }
-}
-
-impl OrderApi {
-    /// Gives back a reservation no order will be made of. Best effort: a failure is logged.
-    async fn release(&self, order_id: &str) {
-        let mut request = Request::new(ReleaseStockRequest {
-            order_id: order_id.to_owned(),
-        });
-        request.set_timeout(self.product_deadline);
-        let released = match self.service_token.authorize(&mut request).await {
-            Ok(()) => self
-                .products
-                .clone()
-                .release_stock(request)
-                .await
-                .map(|_| ()),
-            Err(status) => Err(status),
-        };
-        if let Err(status) = released {
-            tracing::warn!(%order_id, %status, "could not release the stock of a refused order");
-        }
-    }
-}
-
-/// product-service's answer to a reservation, as this service's caller should see it.
-fn reservation_error(status: &Status) -> Error {
-    match status.code() {
-        Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_owned()),
-        Code::NotFound => Error::NotFound(status.message().trim_end_matches(" not found").into()),
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            Error::unavailable(
-                "product-service (retry with the same idempotency_key)",
-                status.to_string(),
-            )
-        }
-        _ => Error::internal(format!("product-service refused a reservation: {status}")),
-    }
-}
-
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     #[tracing::instrument(skip_all, fields(order_id), err)]
@@ -228,11 +132,24 @@ impl OrderService for OrderApi {
             }));
         }
 
-        let items = self.reserve(&order_id, &checkout).await?;
+        self.store.begin_checkout(&order_id).await?;
+        let items = match self.stock.reserve(&order_id, &checkout).await {
+            Ok(items) => items,
+            Err(error) => {
+                // Refused: nothing is held. Anything else (no answer) may hold stock: the
+                // checkout stays for a retry with the same key, or for the sweeper.
+                if matches!(error, Error::FailedPrecondition(_) | Error::NotFound(_)) {
+                    self.store.end_checkout(&order_id).await?;
+                }
+                return Err(error.into());
+            }
+        };
         let (total_minor, currency) = match total(&items) {
             Ok(total) => total,
             Err(refusal) => {
-                self.release(&order_id).await;
+                if self.stock.release(&order_id).await.is_ok() {
+                    self.store.end_checkout(&order_id).await?;
+                }
                 return Err(refusal.into());
             }
         };

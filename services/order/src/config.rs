@@ -58,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "ORDER_PRODUCT_DEADLINE", default_value = "5s", value_parser = humantime::parse_duration)]
     pub product_deadline: Duration,
 
+    /// A checkout that reserved stock but wrote no order is released after this long (the
+    /// client had that long to retry with the same idempotency key).
+    #[arg(long, env = "ORDER_ABANDONED_CHECKOUT_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub abandoned_checkout_after: Duration,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -84,6 +89,7 @@ impl Config {
             client_secret: Some(client_secret.expose().to_owned()),
             client_secret_file: None,
             product_deadline: Duration::from_secs(5),
+            abandoned_checkout_after: Duration::from_secs(600),
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
         }

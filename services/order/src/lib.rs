@@ -6,9 +6,11 @@ mod api;
 mod config;
 mod domain;
 mod events;
+mod stock;
 mod store;
+mod sweeper;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 pub use config::Config;
 use shop_common::{
@@ -99,12 +101,20 @@ pub async fn serve_with(
         );
     }
 
-    let api = OrderApi {
-        store,
+    let stock = Arc::new(stock::Stock {
         products,
         service_token,
-        product_deadline: config.product_deadline,
+        deadline: config.product_deadline,
+    });
+    let sweeper = sweeper::Sweeper {
+        store: store.clone(),
+        stock: stock.clone(),
+        after: config.abandoned_checkout_after,
     };
+    let every = (config.abandoned_checkout_after / 4)
+        .clamp(Duration::from_millis(100), Duration::from_secs(60));
+    tasks.push(sweeper.spawn(every, shutdown.clone()));
+    let api = OrderApi { store, stock };
     let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
         .add_service(OrderServiceServer::new(api))
         .with_auth(AuthLayer::new(keys.verifier, api::policy()).with_key_source(keys.jwks))

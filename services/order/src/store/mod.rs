@@ -62,8 +62,9 @@ pub(crate) struct ListFilter {
 }
 
 pub(crate) trait OrderStore: Send + Sync {
-    /// Stores the order with its `order.created` event, unless one was placed under its key
-    /// already (also concurrently): then that one is returned.
+    /// Stores the order with its `order.created` event and ends its checkout, unless one was
+    /// placed under its key already (also concurrently): then that one is returned.
+    /// Errors: FAILED_PRECONDITION when the checkout was swept as abandoned (its stock is gone).
     fn place<'a>(
         &'a self,
         order: &'a Order,
@@ -71,6 +72,20 @@ pub(crate) trait OrderStore: Send + Sync {
     ) -> BoxFuture<'a, Result<Placed, Error>>;
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Order>, Error>>;
+
+    /// Notes that stock is about to be reserved for `order_id` (kept if already noted).
+    fn begin_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Forgets a checkout that made no order and holds no stock (the reservation was refused).
+    fn end_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Checkouts begun before `before_ms` that made no order, taken off the list (up to
+    /// `limit`): their stock is the caller's to release. Rows whose order exists are dropped.
+    fn take_abandoned(
+        &self,
+        before_ms: i64,
+        limit: u32,
+    ) -> BoxFuture<'_, Result<Vec<String>, Error>>;
 
     /// Up to `limit` matching orders after `after`, newest first.
     fn list<'a>(
@@ -93,4 +108,116 @@ pub(crate) trait OrderStore: Send + Sync {
 /// The store on `sql`'s database.
 pub(crate) fn open(sql: Sql) -> Arc<dyn OrderStore> {
     sql::open(sql)
+}
+
+#[cfg(test)]
+mod tests {
+    use shop_common::events::Envelope;
+
+    use super::*;
+    use crate::domain::{Address, Item, Status};
+
+    async fn store(dir: &tempfile::TempDir) -> Arc<dyn OrderStore> {
+        let url = format!("sqlite://{}", dir.path().join("order.db").display());
+        let sql = Sql::connect("ORDER_DATABASE_URL", &url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sql.migrate(&MIGRATOR)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        open(sql)
+    }
+
+    fn order(id: &str) -> Order {
+        Order {
+            id: id.to_owned(),
+            user_id: "u1".to_owned(),
+            idempotency_key: id.to_owned(),
+            fingerprint: "f".to_owned(),
+            status: Status::PendingPayment,
+            items: vec![Item {
+                product_id: "p1".to_owned(),
+                sku: "S".to_owned(),
+                name: "N".to_owned(),
+                quantity: 1,
+                unit_price_minor: 100,
+                currency: "EUR".to_owned(),
+            }],
+            total_minor: 100,
+            currency: "EUR".to_owned(),
+            address: Address {
+                recipient: "r".to_owned(),
+                line1: "l".to_owned(),
+                line2: String::new(),
+                city: "c".to_owned(),
+                postal_code: "p".to_owned(),
+                country: "DE".to_owned(),
+            },
+            cancel_reason: String::new(),
+            created_at_ms: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    fn created(id: &str) -> Envelope {
+        Envelope::new(
+            "order.created",
+            "order",
+            id,
+            "test",
+            &shop_proto::events::v1::OrderCreated::default(),
+        )
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_checkout_is_taken_once_and_its_late_order_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(&dir).await;
+        store
+            .begin_checkout("o1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .begin_checkout("o2")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // o2 becomes an order in time; o1 does not.
+        let placed = store.place(&order("o2"), &created("o2")).await;
+        assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+
+        let fresh = store.take_abandoned(0, 10).await.unwrap_or_default();
+        assert!(
+            fresh.is_empty(),
+            "nothing is older than the cut-off: {fresh:?}"
+        );
+        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+        assert_eq!(taken, ["o1"], "only the checkout without an order");
+        let again = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+        assert!(again.is_empty(), "taken once: {again:?}");
+
+        // The slow PlaceOrder of o1 finally tries to write its order: its stock is gone.
+        let late = store.place(&order("o1"), &created("o1")).await;
+        let message = late.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("stock was released"), "{message}");
+        assert!(
+            store.get("o1").await.ok().flatten().is_none(),
+            "no order without stock"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_checkout_is_forgotten() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(&dir).await;
+        store
+            .begin_checkout("o1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store
+            .end_checkout("o1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+        assert!(taken.is_empty(), "{taken:?}");
+    }
 }

@@ -25,6 +25,13 @@ macro_rules! order_columns {
     };
 }
 
+fn checkout_swept() -> Error {
+    Error::FailedPrecondition(
+        "this checkout took too long and its stock was released; place the order again with a new idempotency_key"
+            .to_owned(),
+    )
+}
+
 /// How often a change is decided again after losing to a concurrent one.
 const CHANGE_ATTEMPTS: usize = 5;
 
@@ -191,6 +198,19 @@ macro_rules! sql_store {
                     })
             }
 
+            /// Ends the order's checkout; false when the sweeper took it first.
+            async fn end_checkout_in(
+                tx: &mut sqlx::Transaction<'static, $db>,
+                order_id: &str,
+            ) -> Result<bool, Error> {
+                let deleted = sqlx::query("DELETE FROM checkouts WHERE order_id = $1")
+                    .bind(order_id)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(db_error)?;
+                Ok(deleted.rows_affected() == 1)
+            }
+
             /// One attempt of [`OrderStore::change`]; `None` when a concurrent change won.
             async fn try_change(
                 &self,
@@ -264,6 +284,10 @@ macro_rules! sql_store {
                     let mut tx = self.begin().await?;
                     match Self::insert(&mut tx, order, event).await {
                         Ok(()) => {
+                            if !Self::end_checkout_in(&mut tx, &order.id).await? {
+                                tx.rollback().await.map_err(db_error)?;
+                                return Err(checkout_swept());
+                            }
                             tx.commit().await.map_err(db_error)?;
                             self.sql.events_committed();
                             Ok(Placed::New(order.clone()))
@@ -286,6 +310,62 @@ macro_rules! sql_store {
                 Box::pin(async move {
                     let mut conn = self.pool.acquire().await.map_err(db_error)?;
                     Self::load(&mut conn, id).await
+                })
+            }
+
+            fn begin_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+                Box::pin(async move {
+                    sqlx::query(
+                        "INSERT INTO checkouts (order_id, started_at_ms) VALUES ($1, $2)
+                         ON CONFLICT (order_id) DO NOTHING",
+                    )
+                    .bind(order_id)
+                    .bind(now_ms())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                    Ok(())
+                })
+            }
+
+            fn end_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>> {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM checkouts WHERE order_id = $1")
+                        .bind(order_id)
+                        .execute(&self.pool)
+                        .await
+                        .map_err(db_error)?;
+                    Ok(())
+                })
+            }
+
+            fn take_abandoned(
+                &self,
+                before_ms: i64,
+                limit: u32,
+            ) -> BoxFuture<'_, Result<Vec<String>, Error>> {
+                Box::pin(async move {
+                    let candidates: Vec<String> = sqlx::query_scalar(
+                        "SELECT order_id FROM checkouts WHERE started_at_ms < $1
+                         ORDER BY started_at_ms LIMIT $2",
+                    )
+                    .bind(before_ms)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                    let mut abandoned = Vec::new();
+                    for order_id in candidates {
+                        let mut tx = self.begin().await?;
+                        // Whoever deletes the row owns it: the sweeper here, or `place`.
+                        let taken = Self::end_checkout_in(&mut tx, &order_id).await?;
+                        let has_order = Self::load(&mut tx, &order_id).await?.is_some();
+                        tx.commit().await.map_err(db_error)?;
+                        if taken && !has_order {
+                            abandoned.push(order_id);
+                        }
+                    }
+                    Ok(abandoned)
                 })
             }
 

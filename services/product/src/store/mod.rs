@@ -41,7 +41,8 @@ pub(crate) trait ProductStore: Send + Sync {
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, Error>>;
 
     /// Takes stock for every line or for none. Idempotent by `order_id`: a repeat returns the
-    /// first outcome, success or failure, and takes nothing more.
+    /// first outcome, success or failure, and takes nothing more; once released, a repeat is
+    /// refused (the stock is no longer held for it).
     /// Errors: `FailedPrecondition` (not enough stock), `NotFound` (no such product).
     fn reserve<'a>(
         &'a self,
@@ -73,6 +74,13 @@ pub(crate) fn sku_taken(sku: &str) -> Error {
 pub(crate) fn not_enough_stock(sku: &str, id: &str, requested: i32, available: i32) -> Error {
     Error::FailedPrecondition(format!(
         "not enough stock of {sku} ({id}): {requested} requested, {available} available"
+    ))
+}
+
+/// A repeat of a reservation whose stock was given back: the order id cannot hold stock again.
+pub(crate) fn reservation_released(order_id: &str) -> Error {
+    Error::FailedPrecondition(format!(
+        "the stock reserved for order {order_id} was released; reserve under a new order id"
     ))
 }
 

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use shop_common::{Error, clock::now_ms, config::ConfigError, events::BoxFuture, paging::Cursor};
 
 use super::{
-    ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns, sku_taken,
-    stale_version,
+    ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns,
+    reservation_released, sku_taken, stale_version,
 };
 use crate::domain::{
     ListFilter, NewProduct, Product, ProductFields, ProductUpdate, ReservedLine, StockLine,
@@ -246,6 +246,9 @@ impl MongoStore {
 }
 
 fn replay(doc: ReservationDoc) -> Result<Vec<ReservedLine>, Error> {
+    if doc.status == "released" {
+        return Err(reservation_released(&doc.order_id));
+    }
     if doc.status == "rejected" {
         return Err(rejection_from_columns(
             doc.failure_code.as_deref().unwrap_or_default(),

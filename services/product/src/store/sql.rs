@@ -10,7 +10,7 @@ use sqlx::Row as _;
 
 use super::{
     ProductStore, db_error, not_enough_stock, rejection_from_columns, rejection_to_columns,
-    sku_taken, stale_version,
+    reservation_released, sku_taken, stale_version,
 };
 use crate::domain::{
     ListFilter, NewProduct, Product, ProductFields, ProductUpdate, ReservedLine, StockLine,
@@ -105,6 +105,9 @@ macro_rules! sql_store {
                     return Ok(None);
                 };
                 let status: String = row.try_get("status").map_err(db_error)?;
+                if status == "released" {
+                    return Ok(Some(Err(reservation_released(order_id))));
+                }
                 if status == "rejected" {
                     let code: Option<String> = row.try_get("failure_code").map_err(db_error)?;
                     let message: Option<String> =

@@ -566,6 +566,13 @@ pub(crate) async fn a_reservation_takes_every_item_or_none_and_release_gives_it_
     assert!(release(&order).await?);
     assert_eq!((shop.get(a).await?.stock, shop.get(b).await?.stock), (5, 1));
     assert!(!release(&order).await?, "a second release finds nothing");
+    let (code, message) = status(shop.reserve(&order, &[(a, 2), (b, 1)]).await);
+    assert_eq!(
+        code,
+        Code::FailedPrecondition,
+        "a released order id holds no stock again"
+    );
+    assert!(message.contains("was released"), "{message}");
     assert!(
         !release(&new_id()).await?,
         "an unknown order has nothing to release"

@@ -1,0 +1,113 @@
+//! Stock at product-service, as this service (the `service` role): reserving a basket for an
+//! order, and giving a reservation back.
+
+use std::{sync::Arc, time::Duration};
+
+use shop_common::{Error, auth::ServiceToken};
+use shop_proto::product::v1::{
+    ReleaseStockRequest, ReserveStockRequest, StockItem,
+    product_service_client::ProductServiceClient,
+};
+use tonic::{Code, Request, Status, transport::Channel};
+
+use crate::domain::{Checkout, Item};
+
+pub(crate) struct Stock {
+    pub(crate) products: ProductServiceClient<Channel>,
+    pub(crate) service_token: Arc<ServiceToken>,
+    /// Deadline of each call.
+    pub(crate) deadline: Duration,
+}
+
+impl Stock {
+    /// Reserves the basket for `order_id` as this service; the catalogue's names and prices
+    /// come back with it.
+    pub(crate) async fn reserve(
+        &self,
+        order_id: &str,
+        checkout: &Checkout,
+    ) -> Result<Vec<Item>, Error> {
+        let mut request = Request::new(ReserveStockRequest {
+            order_id: order_id.to_owned(),
+            items: checkout
+                .items
+                .iter()
+                .map(|w| StockItem {
+                    product_id: w.product_id.clone(),
+                    quantity: w.quantity,
+                })
+                .collect(),
+        });
+        request.set_timeout(self.deadline);
+        self.service_token
+            .authorize(&mut request)
+            .await
+            .map_err(|status| {
+                Error::unavailable("user-service (service token)", status.to_string())
+            })?;
+        let reserved = match self.products.clone().reserve_stock(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(reservation_error(&status)),
+        };
+        let mut items: Vec<Item> = reserved
+            .items
+            .into_iter()
+            .map(|line| {
+                let price = line.unit_price.unwrap_or_default();
+                Item {
+                    product_id: line.product_id,
+                    sku: line.sku,
+                    name: line.name,
+                    quantity: line.quantity,
+                    unit_price_minor: price.amount_minor,
+                    currency: price.currency,
+                }
+            })
+            .collect();
+        items.sort_by(|a, b| a.product_id.cmp(&b.product_id));
+        let asked = checkout.items.iter().map(|w| (&w.product_id, w.quantity));
+        if !items.iter().map(|i| (&i.product_id, i.quantity)).eq(asked) {
+            // The order id was reserved first by another request under the same key.
+            return Err(Error::AlreadyExists(format!(
+                "idempotency_key {:?} is in use for another order; use a new key for a new order",
+                checkout.idempotency_key
+            )));
+        }
+        Ok(items)
+    }
+}
+
+impl Stock {
+    /// Gives back what `order_id` holds; `false` when it held nothing.
+    pub(crate) async fn release(&self, order_id: &str) -> Result<bool, Error> {
+        let mut request = Request::new(ReleaseStockRequest {
+            order_id: order_id.to_owned(),
+        });
+        request.set_timeout(self.deadline);
+        self.service_token
+            .authorize(&mut request)
+            .await
+            .map_err(|status| {
+                Error::unavailable("user-service (service token)", status.to_string())
+            })?;
+        match self.products.clone().release_stock(request).await {
+            Ok(response) => Ok(response.into_inner().released),
+            Err(status) => Err(Error::unavailable("product-service", status.to_string())),
+        }
+    }
+}
+
+/// product-service's answer to a reservation, as this service's caller should see it.
+fn reservation_error(status: &Status) -> Error {
+    match status.code() {
+        Code::FailedPrecondition => Error::FailedPrecondition(status.message().to_owned()),
+        Code::NotFound => Error::NotFound(status.message().trim_end_matches(" not found").into()),
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+            Error::unavailable(
+                "product-service (retry with the same idempotency_key)",
+                status.to_string(),
+            )
+        }
+        _ => Error::internal(format!("product-service refused a reservation: {status}")),
+    }
+}
