@@ -61,6 +61,7 @@ on_both_backends!(
     twenty_concurrent_retries_of_one_key_make_one_order,
     a_reused_key_with_another_basket_is_refused,
     a_cancelled_paid_order_is_refunded_and_restocked,
+    an_admin_refund_cancels_the_order_and_restocks,
     client_prices_are_ignored,
     bad_requests_and_other_users_orders_are_refused,
     out_of_stock_makes_no_order,
@@ -267,6 +268,56 @@ async fn a_cancelled_paid_order_is_refunded_and_restocked(mut shop: Shop) -> any
         "{}",
         status.message()
     );
+    Ok(())
+}
+
+async fn an_admin_refund_cancels_the_order_and_restocks(mut shop: Shop) -> anyhow::Result<()> {
+    let customer = shop.customer().await?;
+    let product = shop.product(10, 700).await?;
+    let request = Shop::place_request(&product, 3, "tok_visa", "refund");
+    let placed = place(&mut shop, &customer, request).await?;
+    let id = placed.order_id.as_str();
+    shop.await_status(&customer, id, OrderStatus::Confirmed, SETTLE)
+        .await?;
+    let payment = shop.payments_of(&customer, id).await?;
+    let payment_id = payment.first().context("no payment")?.payment_id.clone();
+
+    let refund = shop_proto::payment::v1::RefundPaymentRequest {
+        payment_id: payment_id.clone(),
+        reason: "damaged in transit".to_owned(),
+    };
+    let mut payments = shop.payments().await?;
+    let denied = payments
+        .refund_payment(authed(refund.clone(), &customer)?)
+        .await
+        .err()
+        .map(|s| s.code());
+    assert_eq!(
+        denied,
+        Some(Code::PermissionDenied),
+        "customers cancel instead"
+    );
+    let refunded = payments
+        .refund_payment(authed(refund.clone(), &shop.admin)?)
+        .await?;
+    let refunded = refunded.into_inner().payment.context("no payment")?;
+    assert_eq!(refunded.status(), PaymentStatus::Refunded);
+    let again = payments
+        .refund_payment(authed(refund, &shop.admin)?)
+        .await?;
+    let again = again.into_inner().payment.context("no payment")?;
+    assert_eq!(
+        again.status(),
+        PaymentStatus::Refunded,
+        "refunding twice is refunding once"
+    );
+
+    let order = shop
+        .await_status(&customer, id, OrderStatus::Cancelled, SETTLE)
+        .await?;
+    assert_eq!(order.cancel_reason, "payment_refunded");
+    shop.await_stock(&product, 10, SETTLE).await?;
+    assert_eq!(shop.simulator.totals().refunds, 1);
     Ok(())
 }
 
