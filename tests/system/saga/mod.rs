@@ -65,6 +65,7 @@ on_both_backends!(
     client_prices_are_ignored,
     bad_requests_and_other_users_orders_are_refused,
     out_of_stock_makes_no_order,
+    orders_list_newest_first_in_pages_and_by_status,
 );
 
 pub(crate) async fn place(
@@ -479,6 +480,95 @@ async fn out_of_stock_makes_no_order(mut shop: Shop) -> anyhow::Result<()> {
         .await?;
     assert!(listed.into_inner().orders.is_empty());
     assert_eq!(shop.stock(&product).await?, 2);
+    Ok(())
+}
+
+async fn orders_list_newest_first_in_pages_and_by_status(mut shop: Shop) -> anyhow::Result<()> {
+    let customer = shop.customer().await?;
+    let product = shop.product(10, 100).await?;
+    let mut ids = Vec::new();
+    for (key, card) in [
+        ("l1", "tok_visa"),
+        ("l2", "tok_declined"),
+        ("l3", "tok_visa"),
+    ] {
+        let placed = place(
+            &mut shop,
+            &customer,
+            Shop::place_request(&product, 1, card, key),
+        )
+        .await?;
+        ids.push(placed.order_id);
+    }
+    shop.await_status(&customer, &ids[1], OrderStatus::Cancelled, SETTLE)
+        .await?;
+    for id in [&ids[0], &ids[2]] {
+        shop.await_status(&customer, id, OrderStatus::Confirmed, SETTLE)
+            .await?;
+    }
+
+    let list = |page_token: String, status: OrderStatus| pb::ListOrdersRequest {
+        page_size: 2,
+        page_token,
+        status: status.into(),
+        all_users: false,
+    };
+    let first = shop
+        .orders
+        .list_orders(authed(
+            list(String::new(), OrderStatus::Unspecified),
+            &customer,
+        )?)
+        .await?
+        .into_inner();
+    let second = shop
+        .orders
+        .list_orders(authed(
+            list(first.next_page_token.clone(), OrderStatus::Unspecified),
+            &customer,
+        )?)
+        .await?
+        .into_inner();
+    let walked: Vec<&str> = first
+        .orders
+        .iter()
+        .chain(&second.orders)
+        .map(|o| o.order_id.as_str())
+        .collect();
+    let newest_first: Vec<&str> = ids.iter().rev().map(String::as_str).collect();
+    assert_eq!(
+        walked, newest_first,
+        "two pages, newest first, each order once"
+    );
+    assert!(second.next_page_token.is_empty());
+
+    let cancelled = shop
+        .orders
+        .list_orders(authed(
+            list(String::new(), OrderStatus::Cancelled),
+            &customer,
+        )?)
+        .await?
+        .into_inner();
+    let cancelled: Vec<&str> = cancelled
+        .orders
+        .iter()
+        .map(|o| o.order_id.as_str())
+        .collect();
+    assert_eq!(cancelled, [ids[1].as_str()]);
+
+    let bad = pb::ListOrdersRequest {
+        page_token: "not-a-token".to_owned(),
+        ..Default::default()
+    };
+    let status = shop.orders.list_orders(authed(bad, &customer)?).await.err();
+    assert_eq!(
+        status.map(|s| (s.code(), s.message().to_owned())),
+        Some((
+            Code::InvalidArgument,
+            "page_token is not a page token from a previous response".to_owned()
+        ))
+    );
     Ok(())
 }
 
