@@ -90,6 +90,13 @@ pub struct DeadLetter {
 }
 
 pub trait EventBus: EventPublisher {
+    /// Creates the consumers' queues and bindings without consuming, so events published
+    /// before a consumer first starts wait for it instead of being unroutable. Idempotent.
+    fn declare<'a>(
+        &'a self,
+        subscriptions: &'a [Subscription],
+    ) -> BoxFuture<'a, Result<(), BusError>>;
+
     /// Starts delivering matching events to `handler` until `shutdown`; the caller owns the task.
     fn subscribe(
         &self,

@@ -90,6 +90,21 @@ impl InProcessBus {
     fn queue(&self, consumer: &str) -> Option<Arc<Queue>> {
         lock(&self.queues).get(consumer).cloned()
     }
+
+    /// The consumer's queue, made if missing, bound to the subscription's keys. Idempotent: a
+    /// consumer that restarts finds what waited for it.
+    fn declare_one(&self, subscription: &Subscription) -> Arc<Queue> {
+        let queue = lock(&self.queues)
+            .entry(subscription.consumer.clone())
+            .or_default()
+            .clone();
+        {
+            let mut state = lock(&queue.state);
+            state.routing_keys = subscription.routing_keys.clone();
+            state.retry = subscription.retry.clone();
+        }
+        queue
+    }
 }
 
 impl EventPublisher for InProcessBus {
@@ -118,6 +133,18 @@ impl EventPublisher for InProcessBus {
 }
 
 impl EventBus for InProcessBus {
+    fn declare<'a>(
+        &'a self,
+        subscriptions: &'a [Subscription],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            for subscription in subscriptions {
+                self.declare_one(subscription);
+            }
+            Ok(())
+        })
+    }
+
     fn subscribe(
         &self,
         subscription: Subscription,
@@ -125,16 +152,7 @@ impl EventBus for InProcessBus {
         shutdown: CancellationToken,
     ) -> BoxFuture<'_, Result<JoinHandle<()>, BusError>> {
         Box::pin(async move {
-            // Declaring is idempotent: a consumer that restarts finds what waited for it.
-            let queue = lock(&self.queues)
-                .entry(subscription.consumer.clone())
-                .or_default()
-                .clone();
-            {
-                let mut state = lock(&queue.state);
-                state.routing_keys = subscription.routing_keys.clone();
-                state.retry = subscription.retry.clone();
-            }
+            let queue = self.declare_one(&subscription);
             let consumer = subscription.consumer;
             Ok(tokio::spawn(async move {
                 loop {

@@ -10,6 +10,7 @@ mod metrics;
 pub mod outbox;
 mod rabbit;
 mod topic;
+pub mod topology;
 
 pub use bus::{
     BoxFuture, BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError,

@@ -317,6 +317,20 @@ impl EventPublisher for RabbitBus {
 }
 
 impl EventBus for RabbitBus {
+    fn declare<'a>(
+        &'a self,
+        subscriptions: &'a [Subscription],
+    ) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            let link = self.open().await?;
+            for subscription in subscriptions {
+                declare_consumer(&link.channel, subscription).await?;
+            }
+            close(&link).await;
+            Ok(())
+        })
+    }
+
     fn subscribe(
         &self,
         subscription: Subscription,

@@ -55,6 +55,13 @@ macro_rules! bus_contract {
             }
 
             #[tokio::test]
+            async fn events_published_before_their_consumer_first_starts_wait_once_declared()
+            -> anyhow::Result<()> {
+                let Some(bus) = $make.await? else { return Ok(()) };
+                crate::suite::events_published_before_their_consumer_first_starts_wait_once_declared(bus).await
+            }
+
+            #[tokio::test]
             async fn a_consumer_gets_only_the_keys_it_bound() -> anyhow::Result<()> {
                 let Some(bus) = $make.await? else { return Ok(()) };
                 crate::suite::a_consumer_gets_only_the_keys_it_bound(bus).await

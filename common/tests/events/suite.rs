@@ -301,6 +301,34 @@ pub(crate) async fn events_wait_while_their_consumer_is_stopped(
     Ok(())
 }
 
+pub(crate) async fn events_published_before_their_consumer_first_starts_wait_once_declared(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
+    let name = consumer("declared");
+    let declared = Subscription {
+        consumer: name.clone(),
+        routing_keys: vec![key.clone()],
+        retry: fast_retries(3),
+    };
+    bus.declare(std::slice::from_ref(&declared)).await?;
+    bus.declare(std::slice::from_ref(&declared)).await?;
+    let events: Vec<Envelope> = (0..5)
+        .map(|i| order_created(&prefix, &format!("early-{i}")))
+        .collect();
+    for event in &events {
+        bus.publish(event).await?;
+    }
+    let handler = Arc::new(Recorder::default());
+    let _stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
+    until("the early events are applied", || {
+        handler.applied_ids().len() == events.len()
+    })
+    .await?;
+    Ok(())
+}
+
 pub(crate) async fn a_consumer_gets_only_the_keys_it_bound(
     bus: impl EventBus,
 ) -> anyhow::Result<()> {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use shop_common::{
     Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError, RetryPolicy, Subscription},
+    events::{BoxFuture, Envelope, EventHandler, HandlerError},
 };
 use shop_proto::events::v1::{
     CancelReason, OrderConfirmed, PaymentFailed, PaymentRefunded, PaymentSucceeded,
@@ -17,16 +17,6 @@ use crate::{
     domain::{Order, Status, Transition},
     store::{Applying, Change, Changed, OrderStore},
 };
-
-pub(crate) fn subscription() -> Subscription {
-    Subscription {
-        consumer: NAME.to_owned(),
-        routing_keys: ["payment.succeeded", "payment.failed", "payment.refunded"]
-            .map(str::to_owned)
-            .to_vec(),
-        retry: RetryPolicy::default(),
-    }
-}
 
 pub(crate) struct PaymentOutcomes {
     pub(crate) store: Arc<dyn OrderStore>,

@@ -16,7 +16,7 @@ pub use config::Config;
 use shop_common::{
     auth::{AuthLayer, RemoteKeys, ServiceToken},
     config::ConfigError,
-    events::{BusError, EventBus, RabbitBus},
+    events::{BusError, EventBus, RabbitBus, topology},
     grpc::{GrpcServer, ServeError, lazy_channel},
     storage::{Sql, StorageError},
 };
@@ -91,12 +91,14 @@ pub async fn serve_with(
     )?;
     let mut tasks = vec![keys.refresher];
     if let Some(bus) = bus {
+        // Every consumer's queue first, so no event of ours is published before it exists.
+        bus.declare(&topology::all()).await?;
         tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
         let handler = Arc::new(events::PaymentOutcomes {
             store: store.clone(),
         });
         tasks.push(
-            bus.subscribe(events::subscription(), handler, shutdown.clone())
+            bus.subscribe(topology::of(NAME), handler, shutdown.clone())
                 .await?,
         );
     }

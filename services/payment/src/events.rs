@@ -6,19 +6,11 @@ use std::sync::Arc;
 
 use shop_common::{
     Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError, RetryPolicy, Subscription},
+    events::{BoxFuture, Envelope, EventHandler, HandlerError},
 };
 use shop_proto::events::v1::{OrderCancelled, OrderCreated};
 
 use crate::{NAME, payments::Payments};
-
-pub(crate) fn subscription() -> Subscription {
-    Subscription {
-        consumer: NAME.to_owned(),
-        routing_keys: vec!["order.created".to_owned(), "order.cancelled".to_owned()],
-        retry: RetryPolicy::default(),
-    }
-}
 
 pub(crate) struct OrderEvents {
     pub(crate) payments: Arc<Payments>,

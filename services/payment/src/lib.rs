@@ -17,7 +17,7 @@ pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
 use shop_common::{
     auth::{AuthLayer, RemoteKeys},
     config::ConfigError,
-    events::{BusError, EventBus, RabbitBus},
+    events::{BusError, EventBus, RabbitBus, topology},
     grpc::{GrpcServer, ServeError},
     storage::{Sql, StorageError},
 };
@@ -85,12 +85,14 @@ pub async fn serve_with(
     )?;
     let mut tasks = vec![keys.refresher];
     if let Some(bus) = bus {
+        // Every consumer's queue first, so no event of ours is published before it exists.
+        bus.declare(&topology::all()).await?;
         tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
         let handler = Arc::new(events::OrderEvents {
             payments: payments.clone(),
         });
         tasks.push(
-            bus.subscribe(events::subscription(), handler, shutdown.clone())
+            bus.subscribe(topology::of(NAME), handler, shutdown.clone())
                 .await?,
         );
     }

@@ -6,19 +6,11 @@ use std::sync::Arc;
 
 use shop_common::{
     Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError, RetryPolicy, Subscription},
+    events::{BoxFuture, Envelope, EventHandler, HandlerError},
 };
 use shop_proto::events::v1::OrderCancelled;
 
-use crate::{NAME, store::ProductStore};
-
-pub(crate) fn subscription() -> Subscription {
-    Subscription {
-        consumer: NAME.to_owned(),
-        routing_keys: vec!["order.cancelled".to_owned()],
-        retry: RetryPolicy::default(),
-    }
-}
+use crate::store::ProductStore;
 
 pub(crate) struct ReleaseOnCancel {
     pub(crate) store: Arc<dyn ProductStore>,

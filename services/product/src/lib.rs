@@ -15,7 +15,7 @@ use shop_common::{
     Error,
     auth::{AuthLayer, RemoteKeys},
     config::ConfigError,
-    events::{BusError, EventBus, RabbitBus},
+    events::{BusError, EventBus, RabbitBus, topology},
     grpc::{GrpcServer, ServeError},
     storage::{Sql, StorageError},
 };
@@ -79,16 +79,17 @@ pub async fn serve_with(
     )?;
 
     let consumer = match &bus {
-        Some(bus) => Some(
+        Some(bus) => Some({
+            bus.declare(&topology::all()).await?;
             bus.subscribe(
-                events::subscription(),
+                topology::of(NAME),
                 Arc::new(events::ReleaseOnCancel {
                     store: store.clone(),
                 }),
                 shutdown.clone(),
             )
-            .await?,
-        ),
+            .await?
+        }),
         None => None,
     };
 
