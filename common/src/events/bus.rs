@@ -31,6 +31,13 @@ pub enum HandlerError {
     Permanent(String),
 }
 
+/// A payload that does not decode never will: no retries.
+impl From<super::EnvelopeError> for HandlerError {
+    fn from(error: super::EnvelopeError) -> Self {
+        Self::Permanent(error.to_string())
+    }
+}
+
 pub trait EventPublisher: Send + Sync {
     /// Returns once the event is safely with the bus (broker confirm for RabbitMQ).
     fn publish<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), BusError>>;

@@ -60,12 +60,6 @@ fn cancel(
         .then(|| cancellation(order, reason, detail))
 }
 
-fn decode<M: prost::Message + Default>(envelope: &Envelope) -> Result<M, HandlerError> {
-    envelope
-        .payload()
-        .map_err(|e| HandlerError::Permanent(e.to_string()))
-}
-
 impl EventHandler for PaymentOutcomes {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
@@ -75,12 +69,12 @@ impl EventHandler for PaymentOutcomes {
             });
             let (order_id, changed) = match envelope.event_type() {
                 "payment.succeeded" => {
-                    let event: PaymentSucceeded = decode(envelope)?;
+                    let event: PaymentSucceeded = envelope.payload()?;
                     let changed = self.store.change(&event.order_id, applying, &confirm).await;
                     (event.order_id, changed)
                 }
                 "payment.failed" => {
-                    let event: PaymentFailed = decode(envelope)?;
+                    let event: PaymentFailed = envelope.payload()?;
                     let decide = |order: &Order| {
                         Ok(cancel(
                             order,
@@ -93,7 +87,7 @@ impl EventHandler for PaymentOutcomes {
                     (event.order_id.clone(), changed)
                 }
                 "payment.refunded" => {
-                    let event: PaymentRefunded = decode(envelope)?;
+                    let event: PaymentRefunded = envelope.payload()?;
                     let decide = |order: &Order| {
                         Ok(cancel(
                             order,

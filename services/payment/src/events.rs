@@ -23,15 +23,13 @@ fn retry(error: Error) -> HandlerError {
 impl EventHandler for OrderEvents {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let permanent =
-                |e: shop_common::events::EnvelopeError| HandlerError::Permanent(e.to_string());
             match envelope.event_type() {
                 "order.created" => {
-                    let order: OrderCreated = envelope.payload().map_err(permanent)?;
+                    let order: OrderCreated = envelope.payload()?;
                     self.payments.charge_order(&order).await.map_err(retry)?;
                 }
                 "order.cancelled" => {
-                    let order: OrderCancelled = envelope.payload().map_err(permanent)?;
+                    let order: OrderCancelled = envelope.payload()?;
                     self.payments
                         .cancel_order(&order.order_id, &order.user_id)
                         .await

@@ -19,9 +19,7 @@ pub(crate) struct ReleaseOnCancel {
 impl EventHandler for ReleaseOnCancel {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let event: OrderCancelled = envelope
-                .payload()
-                .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+            let event: OrderCancelled = envelope.payload()?;
             match self.store.release(&event.order_id).await {
                 Ok(released) => {
                     tracing::info!(order_id = %event.order_id, released, "order cancelled");
