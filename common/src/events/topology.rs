@@ -2,7 +2,12 @@
 //! at start-up. Events are then never unroutable just because their consumer has not started
 //! yet on a fresh broker; they wait in its queue.
 
-use super::{RetryPolicy, Subscription};
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{BusError, EventBus, EventHandler, RetryPolicy, Subscription};
 
 /// Consumer (queue) name and the routing keys it binds.
 const CONSUMERS: [(&str, &[&str]); 3] = [
@@ -36,6 +41,18 @@ pub fn of(consumer: &str) -> Subscription {
             routing_keys: Vec::new(),
             retry: RetryPolicy::default(),
         })
+}
+
+/// Declares every consumer's queue (so nothing this service publishes is unroutable), then
+/// starts `consumer`'s subscription from the table.
+pub async fn consume(
+    bus: &dyn EventBus,
+    consumer: &str,
+    handler: Arc<dyn EventHandler>,
+    shutdown: CancellationToken,
+) -> Result<JoinHandle<()>, BusError> {
+    bus.declare(&all()).await?;
+    bus.subscribe(of(consumer), handler, shutdown).await
 }
 
 #[cfg(test)]

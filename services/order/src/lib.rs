@@ -91,16 +91,11 @@ pub async fn serve_with(
     )?;
     let mut tasks = vec![keys.refresher];
     if let Some(bus) = bus {
-        // Every consumer's queue first, so no event of ours is published before it exists.
-        bus.declare(&topology::all()).await?;
-        tasks.push(sql.spawn_relay(NAME, bus.clone(), shutdown.clone()));
         let handler = Arc::new(events::PaymentOutcomes {
             store: store.clone(),
         });
-        tasks.push(
-            bus.subscribe(topology::of(NAME), handler, shutdown.clone())
-                .await?,
-        );
+        tasks.push(topology::consume(bus.as_ref(), NAME, handler, shutdown.clone()).await?);
+        tasks.push(sql.spawn_relay(NAME, bus, shutdown.clone()));
     }
 
     let stock = Arc::new(stock::Stock {

@@ -79,17 +79,12 @@ pub async fn serve_with(
     )?;
 
     let consumer = match &bus {
-        Some(bus) => Some({
-            bus.declare(&topology::all()).await?;
-            bus.subscribe(
-                topology::of(NAME),
-                Arc::new(events::ReleaseOnCancel {
-                    store: store.clone(),
-                }),
-                shutdown.clone(),
-            )
-            .await?
-        }),
+        Some(bus) => {
+            let handler = Arc::new(events::ReleaseOnCancel {
+                store: store.clone(),
+            });
+            Some(topology::consume(bus.as_ref(), NAME, handler, shutdown.clone()).await?)
+        }
         None => None,
     };
 
