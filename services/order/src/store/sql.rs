@@ -145,10 +145,10 @@ macro_rules! sql_store {
                 }
             }
 
+            /// The order and its lines; a unique violation means its key was taken.
             async fn insert(
                 tx: &mut sqlx::Transaction<'static, $db>,
                 order: &Order,
-                event: &Envelope,
             ) -> Result<(), sqlx::Error> {
                 let a = &order.address;
                 sqlx::query(concat!(
@@ -190,12 +190,7 @@ macro_rules! sql_store {
                     .execute(&mut **tx)
                     .await?;
                 }
-                outbox::$outbox::append(&mut *tx, event)
-                    .await
-                    .map_err(|e| match e {
-                        outbox::OutboxError::Database(e) => e,
-                        other => sqlx::Error::Protocol(other.to_string()),
-                    })
+                Ok(())
             }
 
             /// Ends the order's checkout; false when the sweeper took it first.
@@ -282,12 +277,15 @@ macro_rules! sql_store {
             ) -> BoxFuture<'a, Result<Placed, Error>> {
                 Box::pin(async move {
                     let mut tx = self.begin().await?;
-                    match Self::insert(&mut tx, order, event).await {
+                    match Self::insert(&mut tx, order).await {
                         Ok(()) => {
                             if !Self::end_checkout_in(&mut tx, &order.id).await? {
                                 tx.rollback().await.map_err(db_error)?;
                                 return Err(checkout_swept());
                             }
+                            outbox::$outbox::append(&mut tx, event)
+                                .await
+                                .map_err(outbox_error)?;
                             tx.commit().await.map_err(db_error)?;
                             self.sql.events_committed();
                             Ok(Placed::New(order.clone()))
