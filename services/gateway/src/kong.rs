@@ -18,7 +18,7 @@ pub(crate) const KNOWN_PLUGINS: [&str; 6] = [
 ];
 
 /// The repository's `kong/kong.yaml`, as it was when the gateway was built.
-const BUILTIN: &str = include_str!("../../../kong/kong.yaml");
+pub(crate) const BUILTIN: &str = include_str!("../../../kong/kong.yaml");
 
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct KongConfig {
@@ -195,6 +195,10 @@ impl Plugin {
 
     pub(crate) fn u64(&self, key: &str) -> Option<u64> {
         self.config.get(key).and_then(serde_yaml_ng::Value::as_u64)
+    }
+
+    pub(crate) fn bool(&self, key: &str) -> Option<bool> {
+        self.config.get(key).and_then(serde_yaml_ng::Value::as_bool)
     }
 
     pub(crate) fn strings(&self, key: &str) -> Vec<String> {

@@ -69,11 +69,7 @@ impl Correlation {
             .unwrap_or(http::HeaderName::from_static("kong-request-id"));
         Self {
             header,
-            echo: plugin
-                .config
-                .get("echo_downstream")
-                .and_then(serde_yaml_ng::Value::as_bool)
-                .unwrap_or(false),
+            echo: plugin.bool("echo_downstream").unwrap_or(false),
         }
     }
 
@@ -104,11 +100,7 @@ impl Cors {
             methods: plugin.strings("methods"),
             headers: plugin.strings("headers"),
             exposed: plugin.strings("exposed_headers"),
-            credentials: plugin
-                .config
-                .get("credentials")
-                .and_then(serde_yaml_ng::Value::as_bool)
-                .unwrap_or(false),
+            credentials: plugin.bool("credentials").unwrap_or(false),
             max_age: plugin.u64("max_age"),
         }
     }

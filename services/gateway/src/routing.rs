@@ -285,7 +285,7 @@ impl Routes {
 mod tests {
     use super::*;
 
-    const KONG: &str = include_str!("../../../kong/kong.yaml");
+    const KONG: &str = crate::kong::BUILTIN;
 
     fn routes(text: &str) -> Routes {
         let kong = KongConfig::parse("kong.yaml", text).unwrap_or_else(|e| panic!("{e}"));

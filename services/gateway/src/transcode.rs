@@ -124,8 +124,8 @@ fn from_json(
     parsed.map_err(|error| {
         let path = track.path().to_string();
         let at = match (prefix, path.as_str()) {
-            (_, ".") | (_, "") if prefix.is_empty() => "the body".to_owned(),
-            (_, ".") | (_, "") => prefix.to_owned(),
+            ("", "." | "") => "the body".to_owned(),
+            (prefix, "." | "") => prefix.to_owned(),
             ("", path) => path.to_owned(),
             (prefix, path) => format!("{prefix}.{path}"),
         };
