@@ -59,6 +59,17 @@ where
     get().map_err(db_error)
 }
 
+const BY_ID: &str = concat!(
+    "SELECT ",
+    payment_columns!(),
+    " FROM payments WHERE payment_id = $1"
+);
+const BY_ORDER: &str = concat!(
+    "SELECT ",
+    payment_columns!(),
+    " FROM payments WHERE order_id = $1"
+);
+
 macro_rules! sql_store {
     ($store:ident, $db:ty, $outbox:ident) => {
         struct $store {
@@ -67,19 +78,12 @@ macro_rules! sql_store {
         }
 
         impl $store {
-            async fn one(&self, column: &str, value: &str) -> Result<Option<Payment>, Error> {
-                let query = match column {
-                    "order_id" => concat!(
-                        "SELECT ",
-                        payment_columns!(),
-                        " FROM payments WHERE order_id = $1"
-                    ),
-                    _ => concat!(
-                        "SELECT ",
-                        payment_columns!(),
-                        " FROM payments WHERE payment_id = $1"
-                    ),
-                };
+            /// The payment `query` (one of the `BY_*` statements) finds for `value`.
+            async fn one(
+                &self,
+                query: &'static str,
+                value: &str,
+            ) -> Result<Option<Payment>, Error> {
                 sqlx::query(query)
                     .bind(value)
                     .fetch_optional(&self.pool)
@@ -112,7 +116,7 @@ macro_rules! sql_store {
                     .execute(&self.pool)
                     .await
                     .map_err(db_error)?;
-                    self.one("order_id", &new.order_id).await?.ok_or_else(|| {
+                    self.one(BY_ORDER, &new.order_id).await?.ok_or_else(|| {
                         Error::internal("a payment vanished right after it was stored")
                     })
                 })
@@ -156,7 +160,7 @@ macro_rules! sql_store {
             }
 
             fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Payment>, Error>> {
-                Box::pin(self.one("payment_id", id))
+                Box::pin(self.one(BY_ID, id))
             }
 
             fn list<'a>(
