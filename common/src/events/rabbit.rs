@@ -50,6 +50,21 @@ fn unavailable(error: impl std::fmt::Display) -> BusError {
 }
 
 impl RabbitBus {
+    /// The bus at `AMQP_URL` for a standalone service binary; without one, `None` and a warning
+    /// that says what the service then does not do (`without`).
+    pub async fn from_setting(
+        url: Option<&str>,
+        without: &str,
+    ) -> Result<Option<Arc<dyn super::EventBus>>, BusError> {
+        match url {
+            Some(url) => Ok(Some(Arc::new(Self::connect(url).await?))),
+            None => {
+                tracing::warn!("AMQP_URL is not set: {without}");
+                Ok(None)
+            }
+        }
+    }
+
     /// Connects once to fail fast on a wrong URL, and declares the exchanges.
     pub async fn connect(url: &str) -> Result<Self, BusError> {
         let bus = Self {

@@ -50,15 +50,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), OrderServiceError> {
-    let bus: Option<Arc<dyn EventBus>> = match &config.amqp_url {
-        Some(url) => Some(Arc::new(RabbitBus::connect(url).await?)),
-        None => {
-            tracing::warn!(
-                "AMQP_URL is not set: order events stay in the outbox and payments are not seen"
-            );
-            None
-        }
-    };
+    let bus = RabbitBus::from_setting(
+        config.amqp_url.as_deref(),
+        "order events stay in the outbox and payments are not seen",
+    )
+    .await?;
     serve_with(config, bus, listener, shutdown).await
 }
 

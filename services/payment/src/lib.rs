@@ -48,13 +48,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), PaymentServiceError> {
-    let bus: Option<Arc<dyn EventBus>> = match &config.amqp_url {
-        Some(url) => Some(Arc::new(RabbitBus::connect(url).await?)),
-        None => {
-            tracing::warn!("AMQP_URL is not set: no order will be charged");
-            None
-        }
-    };
+    let bus =
+        RabbitBus::from_setting(config.amqp_url.as_deref(), "no order will be charged").await?;
     serve_with(config, bus, Arc::new(Simulator::new()), listener, shutdown).await
 }
 

@@ -48,13 +48,11 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ProductServiceError> {
-    let bus: Option<Arc<dyn EventBus>> = match &config.amqp_url {
-        Some(url) => Some(Arc::new(RabbitBus::connect(url).await?)),
-        None => {
-            tracing::warn!("AMQP_URL is not set: cancelled orders will not release stock");
-            None
-        }
-    };
+    let bus = RabbitBus::from_setting(
+        config.amqp_url.as_deref(),
+        "cancelled orders will not release stock",
+    )
+    .await?;
     serve_with(config, bus, listener, shutdown).await
 }
 

@@ -64,13 +64,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), UserServiceError> {
-    let publisher: Option<Arc<dyn EventPublisher>> = match &config.amqp_url {
-        Some(url) => Some(Arc::new(RabbitBus::connect(url).await?)),
-        None => {
-            tracing::warn!("AMQP_URL is not set: events stay in the outbox until it is");
-            None
-        }
-    };
+    let publisher: Option<Arc<dyn EventPublisher>> = RabbitBus::from_setting(
+        config.amqp_url.as_deref(),
+        "events stay in the outbox until it is",
+    )
+    .await?
+    .map(|bus| bus as Arc<dyn EventPublisher>);
     serve_with(config, publisher, listener, shutdown).await
 }
 
