@@ -182,6 +182,14 @@ pub struct MetricsArgs {
     pub metrics_addr: SocketAddr,
 }
 
+/// Where a service's events go and come from.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct EventArgs {
+    /// RabbitMQ URL. Unset: events wait in the outbox and nothing is consumed.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+}
+
 /// What a token must say to be accepted here: who issued it and for whom. Shared by the
 /// issuer (user-service) and every verifier, so the two cannot disagree.
 #[derive(Debug, Clone, clap::Args)]

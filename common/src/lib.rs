@@ -1,7 +1,8 @@
-//! What every shop service shares: configuration, telemetry, the gRPC server kit, metrics,
-//! shutdown signalling and the error convention.
+//! What every shop service shares: configuration, telemetry, the gRPC server kit, the start-up
+//! path, metrics, shutdown signalling, storage, events and the error convention.
 
 pub mod auth;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;
@@ -11,8 +12,12 @@ pub mod grpc;
 pub mod metrics;
 pub mod paging;
 pub mod process;
+pub mod service;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
 
 pub use error::Error;
+
+/// A boxed future, for traits that must stay object-safe (stores, buses, handlers).
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;

@@ -4,12 +4,13 @@
 use std::{future::Future, net::SocketAddr, process::ExitCode};
 
 use clap::{CommandFactory as _, FromArgMatches as _};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConfigError, MetricsArgs, TelemetryArgs, bind, exit_on_config_error},
-    metrics, shutdown, telemetry,
+    metrics,
+    service::Start,
+    shutdown, telemetry,
 };
 
 /// A service binary's command line: its own settings plus the shared ones.
@@ -34,7 +35,7 @@ pub async fn service_main<C, F, Fut, E>(
 ) -> ExitCode
 where
     C: clap::Args,
-    F: FnOnce(C, TcpListener, CancellationToken) -> Fut,
+    F: FnOnce(C, Start) -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error + 'static,
 {
@@ -45,7 +46,7 @@ where
     let cli = ServiceCli::<C>::from_arg_matches(&matches).unwrap_or_else(|error| error.exit());
     run_service(name, &cli.telemetry, &cli.metrics, |shutdown| async move {
         let listener = or_exit(bind(listen_setting, listen(&cli.config)).await);
-        serve(cli.config, listener, shutdown).await
+        serve(cli.config, Start::new(listener, shutdown)).await
     })
     .await
 }

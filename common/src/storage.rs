@@ -1,23 +1,23 @@
-//! The SQL database a service owns, chosen by the URL scheme: PostgreSQL in production and CI,
-//! an SQLite file for the embedded default. Also creates per-service databases on one server.
+//! The SQL database a service owns. Stores are written once, over sqlx's `Any` driver, and run
+//! on PostgreSQL (production, CI) or an SQLite file (the embedded default); the URL scheme picks
+//! the backend here and nowhere else. Our schemas keep to what `Any` carries (text, integers,
+//! bytes): ids are text, times are milliseconds, money is integer minor units. Statements use
+//! `$n` placeholders, which SQLite accepts too.
 
 use std::{str::FromStr as _, sync::Arc, time::Duration};
 
 use sqlx::{
-    Connection as _, PgPool, SqlitePool,
+    Any, AnyPool, Connection as _, Executor as _, Transaction,
+    any::AnyPoolOptions,
     migrate::Migrator,
-    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions},
+    postgres::{PgConnectOptions, PgConnection},
+    sqlite::SqliteConnectOptions,
 };
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+use tokio::sync::Notify;
 
 use crate::{
-    config::ConfigError,
-    events::{
-        EventPublisher,
-        outbox::{self, OutboxRelay, RelayConfig, postgres::PgOutbox, sqlite::SqliteOutbox},
-    },
+    config::{ConfigError, Secret},
+    events::outbox::{self, OutboxError},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -29,116 +29,164 @@ pub enum StorageError {
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
-    Outbox(#[from] outbox::OutboxError),
+    Outbox(#[from] OutboxError),
 }
 
-/// A connection pool to the service's database. For SQLite it also carries the in-process
-/// wake-up of the outbox relay, since SQLite has no NOTIFY.
+/// What a database URL names. MongoDB is here so a service that can use it (the catalogue)
+/// decides by the same rule; [`Db`] itself is SQL only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+    MongoDb,
+}
+
+impl Backend {
+    /// The backend of `url`; any other scheme is a configuration error naming `setting`.
+    pub fn of(setting: &str, url: &str) -> Result<Self, ConfigError> {
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        match scheme {
+            "postgres" | "postgresql" => Ok(Self::Postgres),
+            "sqlite" => Ok(Self::Sqlite),
+            "mongodb" | "mongodb+srv" => Ok(Self::MongoDb),
+            _ => Err(ConfigError::new(
+                setting,
+                "must start with postgres://, postgresql://, sqlite: or mongodb://",
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Sqlite => "sqlite",
+            Self::MongoDb => "mongodb",
+        }
+    }
+}
+
+/// A connection pool to the service's database, cheap to clone.
 #[derive(Clone)]
-pub enum Sql {
-    Postgres(PgPool),
-    Sqlite {
-        pool: SqlitePool,
-        outbox: SqliteOutbox,
-    },
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+    url: Secret,
+    /// Wakes this process's outbox relay when a transaction with events commits.
+    committed: Arc<Notify>,
 }
 
-impl Sql {
+impl Db {
     /// Connects to `url` (`postgres://…` or `sqlite://path`), creating an SQLite file and its
     /// folder if missing. A bad URL is a configuration error naming `setting`.
     pub async fn connect(setting: &str, url: &str) -> Result<Self, StorageError> {
-        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let options = PgConnectOptions::from_str(url)
-                .map_err(|e| ConfigError::new(setting, format!("not a PostgreSQL URL: {e}")))?;
-            let pool = PgPoolOptions::new()
-                .max_connections(16)
-                .acquire_timeout(Duration::from_secs(5))
-                .connect_with(options)
-                .await?;
-            return Ok(Self::Postgres(pool));
-        }
-        if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|e| ConfigError::new(setting, format!("not an SQLite URL: {e}")))?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .busy_timeout(Duration::from_secs(10))
-                .foreign_keys(true);
-            if let Some(folder) = options.get_filename().parent()
-                && !folder.as_os_str().is_empty()
-            {
-                std::fs::create_dir_all(folder).map_err(|e| {
-                    ConfigError::new(
-                        setting,
-                        format!("cannot create folder {}: {e}", folder.display()),
-                    )
-                })?;
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of(setting, url)?;
+        let pool = match backend {
+            Backend::Postgres => {
+                PgConnectOptions::from_str(url)
+                    .map_err(|e| ConfigError::new(setting, format!("not a PostgreSQL URL: {e}")))?;
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .connect(url)
+                    .await?
             }
-            let in_memory = url.contains(":memory:") || url.contains("mode=memory");
-            // Every in-memory connection would be a database of its own.
-            let pool = SqlitePoolOptions::new()
-                .max_connections(if in_memory { 1 } else { 8 })
-                .connect_with(options)
-                .await?;
-            let outbox = SqliteOutbox::new(pool.clone());
-            return Ok(Self::Sqlite { pool, outbox });
-        }
-        Err(ConfigError::new(
-            setting,
-            "must start with postgres://, postgresql:// or sqlite:",
-        )
-        .into())
+            Backend::Sqlite => connect_sqlite(setting, url).await?,
+            Backend::MongoDb => {
+                return Err(ConfigError::new(
+                    setting,
+                    "this service stores its data in SQL: use postgres:// or sqlite:",
+                )
+                .into());
+            }
+        };
+        Ok(Self {
+            pool,
+            backend,
+            url: Secret::new(url),
+            committed: Arc::new(Notify::new()),
+        })
     }
 
     /// Applies the service's migrations and installs the outbox tables; safe at every start.
     pub async fn migrate(&self, migrator: &Migrator) -> Result<(), StorageError> {
-        match self {
-            Self::Postgres(pool) => {
-                migrator.run(pool).await?;
-                outbox::postgres::install(pool).await?;
-            }
-            Self::Sqlite { pool, .. } => {
-                migrator.run(pool).await?;
-                outbox::sqlite::install(pool).await?;
-            }
-        }
+        migrator.run(&self.pool).await?;
+        outbox::install(self).await?;
         Ok(())
     }
 
-    /// Tells the relay that a transaction holding events committed (PostgreSQL's NOTIFY does
-    /// that by itself).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn url(&self) -> &Secret {
+        &self.url
+    }
+
+    /// Begins a transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`): a
+    /// transaction that reads and then writes could otherwise fail to upgrade its lock.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, crate::Error> {
+        let statement = match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres | Backend::MongoDb => "BEGIN",
+        };
+        Ok(self.pool.begin_with(statement).await?)
+    }
+
+    /// Tells the relay that a transaction holding events committed.
     pub fn events_committed(&self) {
-        if let Self::Sqlite { outbox, .. } = self {
-            outbox.wake();
-        }
+        self.committed.notify_one();
     }
 
-    /// Starts the outbox relay publishing this database's events until `shutdown`.
-    pub fn spawn_relay(
-        &self,
-        name: &str,
-        publisher: Arc<dyn EventPublisher>,
-        shutdown: CancellationToken,
-    ) -> JoinHandle<()> {
-        let config = RelayConfig::default();
-        match self {
-            Self::Postgres(pool) => {
-                let relay = OutboxRelay::new(name, PgOutbox::new(pool.clone()), config);
-                tokio::spawn(relay.run(publisher, shutdown))
-            }
-            Self::Sqlite { outbox, .. } => {
-                let relay = OutboxRelay::new(name, outbox.clone(), config);
-                tokio::spawn(relay.run(publisher, shutdown))
-            }
-        }
+    /// Returns when a transaction with events committed in this process, or after `at_most`.
+    pub(crate) async fn committed_or(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.committed.notified()).await;
     }
+}
 
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Self::Postgres(_) => "postgres",
-            Self::Sqlite { .. } => "sqlite",
-        }
+async fn connect_sqlite(setting: &str, url: &str) -> Result<AnyPool, StorageError> {
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|e| ConfigError::new(setting, format!("not an SQLite URL: {e}")))?;
+    if let Some(folder) = options.get_filename().parent()
+        && !folder.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(folder).map_err(|e| {
+            ConfigError::new(
+                setting,
+                format!("cannot create folder {}: {e}", folder.display()),
+            )
+        })?;
     }
+    let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+    // `Any` reads only the URL, so the file is created by `mode=rwc` and the rest is set per
+    // connection.
+    let url = if in_memory || url.contains("mode=") {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    let pool = AnyPoolOptions::new()
+        // Every in-memory connection would be a database of its own.
+        .max_connections(if in_memory { 1 } else { 8 })
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                conn.execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                     PRAGMA foreign_keys = ON;",
+                )
+                .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    Ok(pool)
 }
 
 /// The URL of database `name` on the PostgreSQL server of `server_url`, created if missing, so
@@ -183,14 +231,26 @@ pub async fn database_on(server_url: &str, name: &str) -> Result<String, Storage
 
 /// A database error as the client should see it: the database not answering is UNAVAILABLE
 /// (worth a retry), anything else INTERNAL. Unique violations are the caller's to translate
-/// first (see [`is_unique_violation`]).
-pub fn db_error(error: sqlx::Error) -> crate::Error {
-    match &error {
-        sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_) => crate::Error::unavailable("database", error),
-        _ => crate::Error::internal(error),
+/// first (see [`is_unique_violation`]), so `?` on a store call does the rest.
+impl From<sqlx::Error> for crate::Error {
+    fn from(error: sqlx::Error) -> Self {
+        match &error {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::unavailable("database", error),
+            _ => Self::internal(error),
+        }
+    }
+}
+
+/// An outbox failure, translated like a database error.
+impl From<OutboxError> for crate::Error {
+    fn from(error: OutboxError) -> Self {
+        match error {
+            OutboxError::Database(e) => e.into(),
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -198,10 +258,41 @@ pub fn is_unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(e) if e.is_unique_violation())
 }
 
-/// An outbox append failure, translated like [`db_error`].
-pub fn outbox_error(error: outbox::OutboxError) -> crate::Error {
-    match error {
-        outbox::OutboxError::Database(e) => db_error(e),
-        other => crate::Error::internal(other),
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_url_scheme_picks_the_backend() {
+        let cases = [
+            ("postgres://db/shop", Backend::Postgres),
+            ("postgresql://db/shop", Backend::Postgres),
+            ("sqlite://data/shop.db", Backend::Sqlite),
+            ("sqlite::memory:", Backend::Sqlite),
+            ("mongodb://db/shop", Backend::MongoDb),
+            ("mongodb+srv://cluster/shop", Backend::MongoDb),
+        ];
+        for (url, backend) in cases {
+            assert_eq!(
+                Backend::of("DATABASE_URL", url).ok(),
+                Some(backend),
+                "{url}"
+            );
+        }
+        let error = Backend::of("ORDER_DATABASE_URL", "mysql://db/shop").err();
+        assert_eq!(
+            error.map(|e| e.setting),
+            Some("ORDER_DATABASE_URL".to_owned())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_catalogue_url_is_refused_by_an_sql_service_naming_the_setting() {
+        let error = Db::connect("ORDER_DATABASE_URL", "mongodb://db/shop")
+            .await
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(error.contains("ORDER_DATABASE_URL"), "{error}");
     }
 }

@@ -4,6 +4,10 @@
 // Generated code is not ours to lint.
 #![allow(unreachable_pub, clippy::all, clippy::pedantic, rust_2018_idioms)]
 
+mod domain_event;
+
+pub use domain_event::DomainEvent;
+
 /// Every file under `protos/`, encoded, with source info and imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shop_descriptor.bin"));

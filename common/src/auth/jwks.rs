@@ -12,12 +12,12 @@ use jsonwebtoken::jwk::{
     RSAKeyParameters, RSAKeyType,
 };
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
-use tokio::{sync::Mutex, task::JoinHandle};
+use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use super::Verifier;
-use crate::{config::ConfigError, events::BoxFuture};
+use crate::{BoxFuture, config::ConfigError};
 
 /// The RSA keys of `jwks` as the proto message carries them.
 pub fn to_proto(jwks: &JwkSet) -> Vec<pb::Jwk> {
@@ -81,7 +81,7 @@ impl JwksClient {
         user_service_url: &str,
         verifier: Arc<Verifier>,
     ) -> Result<Self, ConfigError> {
-        let channel = crate::grpc::lazy_channel(setting, user_service_url)?;
+        let channel = crate::client::lazy_channel(setting, user_service_url)?;
         Ok(Self {
             client: UserServiceClient::new(channel),
             verifier,
@@ -111,42 +111,38 @@ impl JwksClient {
 
     /// Fetches at start, then every `every`, until `shutdown`. Failures are logged and retried
     /// on the next tick (or on the next unknown `kid`).
-    pub fn spawn_refresh(
-        self: Arc<Self>,
-        every: Duration,
-        shutdown: CancellationToken,
-    ) -> JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    _ = ticks.tick() => {
-                        if let Err(error) = self.fetch().await {
-                            tracing::warn!(%error, "jwks fetch failed");
-                        }
+    pub async fn refresh_every(&self, every: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Err(error) = self.fetch().await {
+                        tracing::warn!(%error, "jwks fetch failed");
                     }
                 }
             }
-        })
+        }
     }
 }
 
-/// What every service that checks tokens needs: a verifier fed from user-service's JWKS, the
-/// client that re-fetches on an unknown `kid`, and the task refreshing the keys every five
-/// minutes until shutdown.
+/// What every service that checks tokens needs: a verifier fed from user-service's JWKS and the
+/// client that fetches them, every five minutes and again on an unknown `kid`.
+#[derive(Clone)]
 pub struct RemoteKeys {
     pub verifier: Arc<Verifier>,
     pub jwks: Arc<JwksClient>,
-    pub refresher: JoinHandle<()>,
 }
 
 impl RemoteKeys {
-    /// `USER_SERVICE_URL` names the setting in errors.
-    pub fn start(
+    /// How often the keys are fetched without a reason.
+    pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
+
+    /// `USER_SERVICE_URL` names the setting in errors. Nothing is fetched until
+    /// [`JwksClient::refresh_every`] runs or a token names an unknown key.
+    pub fn new(
         user_service_url: &str,
         config: &super::VerifierConfig,
-        shutdown: CancellationToken,
     ) -> Result<Self, ConfigError> {
         let verifier = Arc::new(Verifier::new(config));
         let jwks = Arc::new(JwksClient::new(
@@ -154,14 +150,12 @@ impl RemoteKeys {
             user_service_url,
             verifier.clone(),
         )?);
-        let refresher = jwks
-            .clone()
-            .spawn_refresh(Duration::from_secs(300), shutdown);
-        Ok(Self {
-            verifier,
-            jwks,
-            refresher,
-        })
+        Ok(Self { verifier, jwks })
+    }
+
+    /// The auth layer enforcing `policy` with these keys.
+    pub fn auth(&self, policy: super::Policy) -> super::AuthLayer {
+        super::AuthLayer::new(self.verifier.clone(), policy).with_key_source(self.jwks.clone())
     }
 }
 

@@ -6,10 +6,12 @@ mod claims;
 pub mod jwks;
 mod outgoing;
 mod rbac;
+mod token;
 mod verifier;
 
 pub use claims::{Claims, Role};
 pub use jwks::{JwksClient, KeySource, RemoteKeys};
 pub use outgoing::{ServiceToken, forward_token};
 pub use rbac::{Access, AuthLayer, Policy};
+pub use token::{bearer_token, verify};
 pub use verifier::{AuthError, Verifier, VerifierConfig};

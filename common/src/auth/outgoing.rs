@@ -39,7 +39,7 @@ impl ServiceToken {
         client_id: impl Into<String>,
         client_secret: Secret,
     ) -> Result<Self, ConfigError> {
-        let channel = crate::grpc::lazy_channel(setting, user_service_url)?;
+        let channel = crate::client::lazy_channel(setting, user_service_url)?;
         Ok(Self {
             client: UserServiceClient::new(channel),
             client_id: client_id.into(),

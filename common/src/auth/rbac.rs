@@ -12,7 +12,7 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::{AuthError, KeySource, Role, Verifier};
+use super::{AuthError, Claims, KeySource, Role, Verifier, bearer_token};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Access {
@@ -79,36 +79,36 @@ impl AuthLayer {
         self
     }
 
-    fn names_unknown_key<B>(&self, request: &Request<B>) -> bool {
-        bearer(request)
-            .and_then(|token| jsonwebtoken::decode_header(&token).ok())
-            .and_then(|header| header.kid)
-            .is_some_and(|kid| !self.verifier.knows(&kid))
+    async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        super::verify(&self.verifier, self.key_source.as_deref(), token).await
     }
 
-    fn authorize<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
-        let path = request.uri().path().to_owned();
-        let token = bearer(request);
-        match self.policy.access(&path) {
+    async fn authorize<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {
+        let path = request.uri().path();
+        let token = bearer_token(request.headers()).map(str::to_owned);
+        match self.policy.access(path) {
             None => Err(AuthError::Forbidden(format!(
                 "{path} is not open to any role"
             ))),
             Some(Access::Public) => {
                 // A public call may still say who it is (GetJwks from a signed-in page).
-                if let Some(claims) = token.and_then(|t| self.verifier.verify(&t).ok()) {
+                if let Some(token) = token
+                    && let Ok(claims) = self.verify(&token).await
+                {
                     request.extensions_mut().insert(claims);
                 }
                 Ok(())
             }
             Some(Access::Roles(roles)) => {
-                let claims = self.verifier.verify(&token.ok_or(AuthError::Missing)?)?;
+                let claims = self.verify(&token.ok_or(AuthError::Missing)?).await?;
                 if !roles.iter().any(|role| claims.has_role(*role)) {
                     let needed: Vec<String> = roles
                         .iter()
                         .map(|r| format!("{r:?}").to_lowercase())
                         .collect();
                     return Err(AuthError::Forbidden(format!(
-                        "{path} requires the role {}",
+                        "{} requires the role {}",
+                        request.uri().path(),
                         needed.join(" or ")
                     )));
                 }
@@ -117,27 +117,6 @@ impl AuthLayer {
             }
         }
     }
-}
-
-type Rejection<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
-
-fn rejected<ResBody: Default + Send + 'static, E: Send + 'static>(
-    error: AuthError,
-) -> Rejection<Response<ResBody>, E> {
-    let status = tonic::Status::from(error);
-    Box::pin(async move { Ok(status.into_http()) })
-}
-
-fn bearer<B>(request: &Request<B>) -> Option<String> {
-    let value = request
-        .headers()
-        .get(http::header::AUTHORIZATION)?
-        .to_str()
-        .ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim().to_owned())
 }
 
 impl<S> Layer<S> for AuthLayer {
@@ -174,25 +153,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        match self.layer.authorize(&mut request) {
-            Ok(()) => Box::pin(self.inner.call(request)),
-            Err(AuthError::Invalid) if self.layer.names_unknown_key(&request) => {
-                let Some(source) = self.layer.key_source.clone() else {
-                    return rejected(AuthError::Invalid);
-                };
-                // The ready service goes with the call; a fresh clone waits for the next one.
-                let clone = self.inner.clone();
-                let mut inner = std::mem::replace(&mut self.inner, clone);
-                let layer = self.layer.clone();
-                Box::pin(async move {
-                    source.refresh().await;
-                    match layer.authorize(&mut request) {
-                        Ok(()) => inner.call(request).await,
-                        Err(error) => Ok(tonic::Status::from(error).into_http()),
-                    }
-                })
+        // The ready service goes with the call; a fresh clone waits for the next one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        Box::pin(async move {
+            match layer.authorize(&mut request).await {
+                Ok(()) => inner.call(request).await,
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
             }
-            Err(error) => rejected(error),
-        }
+        })
     }
 }

@@ -1,13 +1,12 @@
 //! What publishers and consumers rely on, whatever carries the events.
 
-use std::{future::Future, pin::Pin, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Envelope;
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+use crate::BoxFuture;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -29,6 +28,13 @@ pub enum HandlerError {
     Transient(String),
     #[error("{0}")]
     Permanent(String),
+}
+
+impl HandlerError {
+    /// An event the consumer did not subscribe to: no retry will teach it.
+    pub fn unexpected(consumer: &str, event_type: &str) -> Self {
+        Self::Permanent(format!("{consumer} does not handle {event_type} events"))
+    }
 }
 
 /// A payload that does not decode never will: no retries.
@@ -86,6 +92,18 @@ pub struct Subscription {
     pub consumer: String,
     pub routing_keys: Vec<String>,
     pub retry: RetryPolicy,
+}
+
+impl Subscription {
+    /// `consumer` (a service name) binding `event_types` (the events' `TYPE` constants), with
+    /// the default retries.
+    pub fn new(consumer: &str, event_types: &[&str]) -> Self {
+        Self {
+            consumer: consumer.to_owned(),
+            routing_keys: event_types.iter().map(|t| (*t).to_owned()).collect(),
+            retry: RetryPolicy::default(),
+        }
+    }
 }
 
 /// An event a consumer gave up on, with why.

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use opentelemetry::{Context, global};
 use prost::Message;
-use shop_proto::events::v1::EventEnvelope;
+use shop_proto::{DomainEvent, events::v1::EventEnvelope};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// An event ready to publish or just received.
@@ -29,29 +29,24 @@ pub enum EnvelopeError {
 }
 
 impl Envelope {
-    /// Wraps `payload`, stamping a new id, the current time, and the current span's trace
-    /// context so the consumer's work joins the producer's trace.
-    pub fn new(
-        event_type: &str,
-        aggregate_type: &str,
-        aggregate_id: &str,
-        producer: &str,
-        payload: &impl Message,
-    ) -> Self {
+    /// Wraps `event` (its type and aggregate come with it), stamping a new id, the current
+    /// time, and the current span's trace context so the consumer's work joins the producer's
+    /// trace. `producer` is the publishing service's name.
+    pub fn new<E: DomainEvent>(producer: &str, event: &E) -> Self {
         let mut carrier = HashMap::new();
         global::get_text_map_propagator(|p| {
             p.inject_context(&tracing::Span::current().context(), &mut carrier);
         });
         Self(EventEnvelope {
             event_id: uuid::Uuid::new_v4().to_string(),
-            event_type: event_type.to_owned(),
+            event_type: E::TYPE.to_owned(),
             occurred_at: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
-            aggregate_type: aggregate_type.to_owned(),
-            aggregate_id: aggregate_id.to_owned(),
+            aggregate_type: E::AGGREGATE.to_owned(),
+            aggregate_id: event.aggregate_id().to_owned(),
             traceparent: carrier.remove("traceparent").unwrap_or_default(),
             tracestate: carrier.remove("tracestate").unwrap_or_default(),
             producer: producer.to_owned(),
-            payload: payload.encode_to_vec(),
+            payload: event.encode_to_vec(),
         })
     }
 
@@ -71,12 +66,13 @@ impl Envelope {
         Ok(Self(EventEnvelope::decode(bytes)?))
     }
 
-    /// Decodes the domain event inside.
-    pub fn payload<M: Message + Default>(&self) -> Result<M, EnvelopeError> {
-        M::decode(self.0.payload.as_slice()).map_err(|source| EnvelopeError::Payload {
+    /// Decodes the domain event inside; consumers pick `E` by matching [`Envelope::event_type`]
+    /// against the events' `TYPE` constants.
+    pub fn payload<E: DomainEvent>(&self) -> Result<E, EnvelopeError> {
+        E::decode(self.0.payload.as_slice()).map_err(|source| EnvelopeError::Payload {
             event_id: self.0.event_id.clone(),
             event_type: self.0.event_type.clone(),
-            expected: std::any::type_name::<M>(),
+            expected: E::TYPE,
             source,
         })
     }

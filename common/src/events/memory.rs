@@ -9,9 +9,11 @@ use std::{
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::BoxFuture;
+
 use super::{
     BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, HandlerError,
-    RetryPolicy, Subscription, bus::BoxFuture, handling, metrics::events as metrics, topic,
+    RetryPolicy, Subscription, handling, metrics::events as metrics, topic,
 };
 
 /// Cheap to clone; clones share the queues.

@@ -10,11 +10,10 @@ mod metrics;
 pub mod outbox;
 mod rabbit;
 mod topic;
-pub mod topology;
 
 pub use bus::{
-    BoxFuture, BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError,
-    RetryPolicy, Subscription,
+    BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError, RetryPolicy,
+    Subscription,
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use memory::InProcessBus;

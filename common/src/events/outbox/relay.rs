@@ -9,7 +9,7 @@ use std::{
 use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
 
-use super::{OutboxError, OutboxSource};
+use super::{Outbox, OutboxError};
 use crate::events::{BusError, EventPublisher};
 
 #[derive(Debug, Clone)]
@@ -98,18 +98,18 @@ enum Pass {
     Full,
 }
 
-pub struct OutboxRelay<S> {
+pub struct OutboxRelay {
     name: String,
-    source: S,
+    outbox: Outbox,
     config: RelayConfig,
 }
 
-impl<S: OutboxSource> OutboxRelay<S> {
+impl OutboxRelay {
     /// `name` labels the relay's metrics and logs (the service's name).
-    pub fn new(name: impl Into<String>, source: S, config: RelayConfig) -> Self {
+    pub fn new(name: impl Into<String>, outbox: Outbox, config: RelayConfig) -> Self {
         Self {
             name: name.into(),
-            source,
+            outbox,
             config,
         }
     }
@@ -123,7 +123,7 @@ impl<S: OutboxSource> OutboxRelay<S> {
                 Ok(Pass::Drained) => {
                     backoff = Duration::from_millis(50);
                     tokio::select! {
-                        () = self.source.wait_for_new(self.config.poll_interval) => {}
+                        () = self.outbox.wait_for_new(self.config.poll_interval) => {}
                         () = shutdown.cancelled() => {}
                     }
                 }
@@ -143,7 +143,7 @@ impl<S: OutboxSource> OutboxRelay<S> {
     }
 
     async fn pass(&self, publisher: &dyn EventPublisher) -> Result<Pass, PassError> {
-        let batch = self.source.pending(self.config.batch_size).await?;
+        let batch = self.outbox.pending(self.config.batch_size).await?;
         let mut published = Vec::with_capacity(batch.len());
         let mut failure = None;
         for event in &batch {
@@ -157,13 +157,13 @@ impl<S: OutboxSource> OutboxRelay<S> {
             }
         }
         if !published.is_empty() {
-            self.source.mark_published(&published).await?;
+            self.outbox.mark_published(&published).await?;
             metrics()
                 .published
                 .with_label_values(&[&self.name])
                 .inc_by(u64::try_from(published.len()).unwrap_or(u64::MAX));
         }
-        let backlog = self.source.backlog().await?;
+        let backlog = self.outbox.backlog().await?;
         metrics()
             .pending
             .with_label_values(&[&self.name])

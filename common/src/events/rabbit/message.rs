@@ -1,0 +1,96 @@
+//! One message on the broker: the properties and headers an event travels with (attempt count,
+//! failure reason, trace context), and a publish that waits for the broker's confirm.
+
+use lapin::{
+    BasicProperties, Channel, Confirmation,
+    message::Delivery,
+    options::BasicPublishOptions,
+    types::{AMQPValue, FieldTable, ShortString},
+};
+
+use super::{topology::string, unavailable};
+use crate::events::{BusError, Envelope};
+
+const ATTEMPT_HEADER: &str = "x-attempt";
+pub(super) const REASON_HEADER: &str = "x-failure-reason";
+
+pub(super) fn properties(
+    envelope: &Envelope,
+    attempt: u32,
+    reason: Option<&str>,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
+    if !envelope.0.traceparent.is_empty() {
+        headers.insert("traceparent".into(), string(&envelope.0.traceparent));
+    }
+    if let Some(reason) = reason {
+        headers.insert(REASON_HEADER.into(), string(reason));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/x-protobuf".into())
+        .with_message_id(envelope.id().into())
+        .with_type(envelope.event_type().into())
+        .with_headers(headers)
+}
+
+fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<&'a AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(&ShortString::from(name)))
+}
+
+pub(super) fn attempt_of(delivery: &Delivery) -> u32 {
+    match header(delivery, ATTEMPT_HEADER) {
+        Some(AMQPValue::LongUInt(n)) => *n,
+        Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+pub(super) fn reason_of(delivery: &Delivery) -> String {
+    match header(delivery, REASON_HEADER) {
+        Some(AMQPValue::LongString(reason)) => reason.to_string(),
+        _ => "unknown".to_owned(),
+    }
+}
+
+/// Publishes and waits for the confirm; an unroutable return or a nack is a failure.
+pub(super) async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+    event_id: &str,
+) -> Result<(), BusError> {
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            options,
+            payload,
+            properties,
+        )
+        .await
+        .map_err(unavailable)?
+        .await
+        .map_err(unavailable)?;
+    let not_confirmed = |reason: &str| BusError::NotConfirmed {
+        event_id: event_id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match confirm {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(not_confirmed("returned as unroutable")),
+        Confirmation::Nack(_) => Err(not_confirmed("nacked by the broker")),
+        Confirmation::NotRequested => Err(not_confirmed("channel is not in confirm mode")),
+    }
+}
