@@ -118,6 +118,18 @@ impl Service {
         })
     }
 
+    /// Starts a part with no events at all (the gateway): no bus, no warning about one.
+    pub fn without_events(name: &'static str, start: Start) -> Self {
+        Self {
+            name,
+            listener: start.listener,
+            bus: None,
+            shutdown: start.shutdown,
+            stop: CancellationToken::new(),
+            tasks: JoinSet::new(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         self.name
     }

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::{ConfigError, JwtArgs, Secret, ShutdownArgs, value_or_file};
+use shop_common::config::{ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, value_or_file};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -24,9 +24,6 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL for `user.registered` / `user.deleted`; unset keeps events in this process.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Option<String>,
 
     /// PEM RSA private key that signs new tokens.
     #[arg(long, env = "USER_SIGNING_KEY", hide_env_values = true)]
@@ -78,6 +75,10 @@ pub struct Config {
     #[arg(long, env = "USER_BOOTSTRAP_ADMIN_PASSWORD_FILE")]
     pub bootstrap_admin_password_file: Option<PathBuf>,
 
+    // `user.registered` and `user.deleted` go to RabbitMQ at `AMQP_URL`.
+    #[command(flatten)]
+    pub events: EventArgs,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -105,7 +106,7 @@ impl Config {
         Self {
             listen,
             database_url,
-            amqp_url: None,
+            events: EventArgs::default(),
             signing_key: None,
             signing_key_file: None,
             previous_signing_key_files: Vec::new(),

@@ -1,6 +1,7 @@
 //! The user service: accounts, login with rotating refresh tokens, RS256 access tokens, the
 //! JWKS that every verifier reads, and `service` tokens for the other services.
 
+mod accounts;
 mod api;
 mod clients;
 mod config;
@@ -15,118 +16,62 @@ use std::sync::Arc;
 pub use config::{Config, SeedUser};
 pub use keys::{KeyError, SigningKeys};
 use shop_common::{
-    Error,
-    auth::{AuthLayer, Role, Verifier},
+    auth::{AuthLayer, Verifier},
     config::ConfigError,
-    events::{BusError, EventPublisher, RabbitBus},
-    grpc::{GrpcServer, ServeError},
-    storage::{Sql, StorageError},
+    service::{Service, Start, StartError},
 };
 use shop_proto::user::v1::user_service_server::UserServiceServer;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 use crate::{
-    api::UserApi,
-    clients::ServiceClients,
-    domain::{DisplayName, Email, Password},
-    passwords::Passwords,
-    tokens::TokenIssuer,
+    accounts::Accounts, api::UserApi, clients::ServiceClients, passwords::Passwords,
+    store::UserStore, tokens::TokenIssuer,
 };
 
 /// The name this service logs and reports under.
 pub const NAME: &str = "user-service";
 
-#[derive(Debug, thiserror::Error)]
-pub enum UserServiceError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Storage(#[from] StorageError),
-    #[error("event bus: {0}")]
-    Bus(#[from] BusError),
-    #[error("seeding account {email}: {source}")]
-    Seed {
-        email: String,
-        #[source]
-        source: Error,
-    },
-    #[error("password hasher: {0}")]
-    Hasher(#[source] Error),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
-}
-
-/// Serves the user service on `listener` until `shutdown` is cancelled, then drains. Events go
-/// to RabbitMQ at `AMQP_URL`; without it they wait in the outbox.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), UserServiceError> {
-    let publisher: Option<Arc<dyn EventPublisher>> = RabbitBus::from_setting(
-        config.amqp_url.as_deref(),
-        "events stay in the outbox until it is",
-    )
-    .await?
-    .map(|bus| bus as Arc<dyn EventPublisher>);
-    serve_with(config, publisher, listener, shutdown).await
-}
-
-/// [`serve`] with the event publisher given (`shop up` shares one in-process bus).
-pub async fn serve_with(
-    config: Config,
-    publisher: Option<Arc<dyn EventPublisher>>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), UserServiceError> {
+/// Serves the user service until `start.shutdown` is cancelled, then drains. Its events go to
+/// the bus; without one they wait in the outbox.
+pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let keys = Arc::new(signing_keys(&config)?);
     let clients = ServiceClients::new(&config.service_clients()?);
     let seeds = config.accounts_to_seed()?;
-    let sql = Sql::connect("USER_DATABASE_URL", &config.database_url).await?;
-    sql.migrate(&store::MIGRATOR).await?;
+    let mut service = Service::start(NAME, start, &config.events).await?;
+    let db = service
+        .database("USER_DATABASE_URL", &config.database_url, &store::MIGRATOR)
+        .await?;
     tracing::info!(
-        backend = sql.backend(),
         kid = keys.signing_kid(),
         service_clients = clients.len(),
-        "user store ready"
+        "signing keys ready"
     );
-
     let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
     verifier.add_jwks(keys.jwks());
-    let api = UserApi {
-        store: store::open(sql.clone()),
-        passwords: Passwords::new().map_err(UserServiceError::Hasher)?,
-        tokens: Arc::new(TokenIssuer::new(
+    let accounts = Accounts {
+        store: UserStore::new(db.clone()),
+        passwords: Passwords::new().map_err(|e| StartError::step("password hasher", e))?,
+        tokens: TokenIssuer::new(
             keys,
             &config.jwt,
             config.access_token_ttl,
             config.refresh_token_ttl,
             config.service_token_ttl,
-        )),
+        ),
         clients,
     };
-    for seed in seeds {
-        seed_account(&api, &seed)
+    for seed in &seeds {
+        accounts
+            .seed(seed)
             .await
-            .map_err(|source| UserServiceError::Seed {
-                email: seed.email.clone(),
-                source,
-            })?;
+            .map_err(|e| StartError::step(format!("seeding account {}", seed.email), e))?;
     }
-
-    let relay = publisher.map(|p| sql.spawn_relay(NAME, p, shutdown.clone()));
-    let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
+    service.publish_outbox(&db);
+    let api = UserApi { accounts };
+    let server = service
+        .grpc(config.shutdown.clone())
         .add_service(UserServiceServer::new(api))
-        .with_auth(AuthLayer::new(verifier, api::policy()))
-        .serve(listener, shutdown)
-        .await;
-    if let Some(relay) = relay
-        && let Err(error) = relay.await
-    {
-        tracing::warn!(%error, "outbox relay task failed");
-    }
-    Ok(served?)
+        .with_auth(AuthLayer::new(verifier, api::policy()));
+    service.serve(server).await
 }
 
 fn signing_keys(config: &Config) -> Result<SigningKeys, ConfigError> {
@@ -158,29 +103,5 @@ fn signing_keys(config: &Config) -> Result<SigningKeys, ConfigError> {
             "USER_SIGNING_KEY_FILE",
             "is required (or USER_SIGNING_KEY); for a throw-away key in local runs set USER_ALLOW_GENERATED_KEY=true",
         )),
-    }
-}
-
-/// Creates the account unless its email is taken; an existing account is left as it is.
-async fn seed_account(api: &UserApi, seed: &SeedUser) -> Result<(), Error> {
-    let email = Email::parse("email", &seed.email)?;
-    if api.store.credentials(email.as_str()).await?.is_some() {
-        return Ok(());
-    }
-    let password = Password::parse("password", seed.password.expose(), &email)?;
-    let roles = if seed.admin {
-        vec![Role::Customer, Role::Admin]
-    } else {
-        vec![Role::Customer]
-    };
-    let name = DisplayName::parse("display_name", &seed.display_name)?;
-    match api.create_account(email, &password, name, roles).await {
-        Ok(user) => {
-            tracing::info!(user_id = %user.id, email = %user.email, admin = seed.admin, "account seeded");
-            Ok(())
-        }
-        // Another replica seeded it first.
-        Err(Error::AlreadyExists(_)) => Ok(()),
-        Err(error) => Err(error),
     }
 }

@@ -86,7 +86,7 @@ impl TokenIssuer {
     }
 
     pub(crate) fn refresh_expiry_ms(&self) -> i64 {
-        crate::store::now_ms()
+        shop_common::clock::now_ms()
             .saturating_add(i64::try_from(self.refresh_ttl.as_millis()).unwrap_or(i64::MAX))
     }
 }

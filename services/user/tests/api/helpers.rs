@@ -13,17 +13,19 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::ThumbprintHash};
 use shop_common::{
     auth::{Claims, Role},
     config::Secret,
+    BoxFuture,
     events::{
-        BoxFuture, Envelope, EventBus as _, EventHandler, HandlerError, InProcessBus, RetryPolicy,
+        Envelope, EventBus as _, EventHandler, HandlerError, InProcessBus, RetryPolicy,
         Subscription,
     },
+    service::{Start, StartError},
     storage::database_on,
 };
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, transport::Channel};
-use user_service::{Config, SeedUser, SigningKeys, UserServiceError};
+use user_service::{Config, SeedUser, SigningKeys};
 
 pub(crate) const ADMIN_EMAIL: &str = "admin@shop.test";
 pub(crate) const ADMIN_PASSWORD: &str = "admin password for tests";
@@ -172,7 +174,7 @@ pub(crate) struct App {
     pub(crate) events: Arc<Events>,
     pub(crate) db: Db,
     shutdown: CancellationToken,
-    task: JoinHandle<Result<(), UserServiceError>>,
+    task: JoinHandle<Result<(), StartError>>,
 }
 
 impl App {
@@ -218,11 +220,9 @@ impl App {
             shutdown.clone(),
         )
         .await?;
-        let task = tokio::spawn(user_service::serve_with(
+        let task = tokio::spawn(user_service::serve(
             config,
-            Some(bus),
-            listener,
-            shutdown.clone(),
+            Start::new(listener, shutdown.clone()).with_bus(bus),
         ));
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .timeout(Duration::from_secs(10))
