@@ -70,7 +70,7 @@ pub(crate) struct Plugin {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum KongError {
+pub(crate) enum KongError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,

@@ -5,18 +5,25 @@
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use shop_common::auth::{AuthError, Claims, KeySource, Verifier};
+use shop_common::auth::{self, AuthError, Claims, KeySource, RemoteKeys, Verifier};
 use tonic::Code;
 
 use crate::{errors::ApiError, kong::Plugin};
 
 /// The `jwt` plugin: a bearer token every protected route requires.
 pub(crate) struct Jwt {
-    pub(crate) verifier: Arc<Verifier>,
-    pub(crate) keys: Arc<dyn KeySource>,
+    verifier: Arc<Verifier>,
+    keys: Arc<dyn KeySource>,
 }
 
 impl Jwt {
+    pub(crate) fn new(keys: RemoteKeys) -> Self {
+        Self {
+            verifier: keys.verifier,
+            keys: keys.jwks,
+        }
+    }
+
     pub(crate) async fn verify(&self, headers: &HeaderMap) -> Result<Claims, ApiError> {
         let unauthorized = |error: AuthError| {
             ApiError::new(
@@ -25,32 +32,10 @@ impl Jwt {
                 error.to_string(),
             )
         };
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthorized(AuthError::Missing))?;
-        match self.verifier.verify(token) {
-            Ok(claims) => Ok(claims),
-            Err(AuthError::Invalid) if self.names_unknown_key(token) => {
-                // Keys rotated since the last fetch: fetch (rate-limited) and try once more.
-                self.keys.refresh().await;
-                self.verifier.verify(token).map_err(unauthorized)
-            }
-            Err(error) => Err(unauthorized(error)),
-        }
-    }
-
-    fn names_unknown_key(&self, token: &str) -> bool {
-        jsonwebtoken::decode_header(token)
-            .ok()
-            .and_then(|h| h.kid)
-            .is_some_and(|kid| !self.verifier.knows(&kid))
+        let token = auth::bearer_token(headers).ok_or_else(|| unauthorized(AuthError::Missing))?;
+        auth::verify(&self.verifier, Some(self.keys.as_ref()), token)
+            .await
+            .map_err(unauthorized)
     }
 }
 

@@ -56,7 +56,7 @@ impl KongRoute {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum RoutingError {
+pub(crate) enum RoutingError {
     #[error("the protos' descriptor set cannot be read: {0}")]
     Descriptors(#[from] prost_reflect::DescriptorError),
     #[error(transparent)]

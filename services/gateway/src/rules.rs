@@ -3,7 +3,10 @@
 //! `google/api/http.proto`: literal segments, `{field.path}` and `{field=*}` / `{field=**}`
 //! variables, and a trailing `:verb`.
 
-use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
+use prost_reflect::{
+    DescriptorPool, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, MethodDescriptor,
+    Value,
+};
 
 /// One REST binding of a gRPC method (a method may have several: `additional_bindings`).
 #[derive(Debug, Clone)]
@@ -36,7 +39,7 @@ pub(crate) struct Template {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{method}: http rule {template:?}: {reason}")]
-pub struct RuleError {
+pub(crate) struct RuleError {
     method: String,
     template: String,
     reason: String,
@@ -149,6 +152,27 @@ impl Template {
     }
 }
 
+/// The fields along `path` (`user.user_id`) from `message`, if they all exist and all but the
+/// last are singular messages.
+pub(crate) fn field_path(message: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
+    let mut fields = Vec::new();
+    let mut current = message.clone();
+    let mut parts = path.split('.').peekable();
+    while let Some(name) = parts.next() {
+        let field = current
+            .get_field_by_name(name)
+            .or_else(|| current.get_field_by_json_name(name))?;
+        if parts.peek().is_some() {
+            match field.kind() {
+                Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
+                _ => return None,
+            }
+        }
+        fields.push(field);
+    }
+    Some(fields)
+}
+
 fn decode(part: &str) -> Option<String> {
     percent_encoding::percent_decode_str(part)
         .decode_utf8()
@@ -220,7 +244,7 @@ fn rule_of(method: &MethodDescriptor, binding: &DynamicMessage) -> Result<Rule, 
     let input = method.input();
     for segment in &template.segments {
         if let Segment::Variable { field, .. } = segment
-            && crate::transcode::field_path(&input, field).is_none()
+            && field_path(&input, field).is_none()
         {
             return Err(error(
                 &path,

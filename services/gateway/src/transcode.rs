@@ -8,33 +8,12 @@ use prost_reflect::{
     SerializeOptions, Value,
 };
 
-use crate::rules::Rule;
+use crate::rules::{Rule, field_path};
 
 /// A request the client got wrong: 400 with this message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct BadRequest(pub(crate) String);
-
-/// The fields along `path` (`user.user_id`) from `message`, if they all exist and all but the
-/// last are singular messages.
-pub(crate) fn field_path(message: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
-    let mut fields = Vec::new();
-    let mut current = message.clone();
-    let mut parts = path.split('.').peekable();
-    while let Some(name) = parts.next() {
-        let field = current
-            .get_field_by_name(name)
-            .or_else(|| current.get_field_by_json_name(name))?;
-        if parts.peek().is_some() {
-            match field.kind() {
-                Kind::Message(inner) if !field.is_list() && !field.is_map() => current = inner,
-                _ => return None,
-            }
-        }
-        fields.push(field);
-    }
-    Some(fields)
-}
 
 /// Parses one text value (from a path or query) as the field's type.
 fn scalar(field: &FieldDescriptor, name: &str, raw: &str) -> Result<Value, BadRequest> {

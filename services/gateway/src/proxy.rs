@@ -1,0 +1,154 @@
+//! The handler of every REST request: the plugins in Kong's order (correlation-id, cors, jwt,
+//! rate-limiting), the route, the upstream call, and the request's metrics.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use axum::{
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    errors::ApiError,
+    metrics::KongMetrics,
+    plugins::{Correlation, Cors, Jwt},
+    rate_limit::RateLimiter,
+    routing::{Found, Routes},
+    upstream::{self, Target},
+};
+
+/// What the handler needs: the routes, a channel per upstream (in `routes.upstreams` order) and
+/// the global plugins that are on.
+pub(crate) struct Proxy {
+    pub(crate) routes: Routes,
+    pub(crate) channels: Vec<Channel>,
+    pub(crate) jwt: Jwt,
+    pub(crate) limiter: Option<RateLimiter>,
+    pub(crate) correlation: Option<Correlation>,
+    pub(crate) cors: Option<Cors>,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) metrics: KongMetrics,
+}
+
+pub(crate) async fn handle(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let headers = request.headers().clone();
+    let request_id = proxy.correlation.as_ref().map(|c| c.id(&headers));
+    let (mut response, service, route) =
+        route_and_call(&proxy, peer, request, request_id.as_deref()).await;
+    if let Some(cors) = &proxy.cors {
+        cors.decorate(&headers, response.headers_mut());
+    }
+    if let (Some(correlation), Some(id)) = (&proxy.correlation, &request_id)
+        && correlation.echo
+        && let Ok(value) = HeaderValue::from_str(id)
+    {
+        response
+            .headers_mut()
+            .insert(correlation.header.clone(), value);
+    }
+    proxy
+        .metrics
+        .record(&service, &route, response.status(), started.elapsed());
+    response
+}
+
+/// The response with the Kong service and route names it is counted under.
+async fn route_and_call(
+    proxy: &Proxy,
+    peer: SocketAddr,
+    request: Request,
+    request_id: Option<&str>,
+) -> (Response, String, String) {
+    let (parts, body) = request.into_parts();
+    let path = parts.uri.path().to_owned();
+    if let Some(cors) = &proxy.cors
+        && proxy.routes.route_for_path(&path).is_some()
+        && let Some(headers) = cors.preflight(&parts.method, &parts.headers)
+    {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        response.headers_mut().extend(headers);
+        return (response, String::new(), "preflight".to_owned());
+    }
+    let (route, upstream, rule, bound) = match proxy.routes.find(&parts.method, &path) {
+        Found::Method {
+            route,
+            upstream,
+            rule,
+            bound,
+        } => (route, upstream, rule, bound),
+        Found::WrongMethod { allowed } => {
+            let names: Vec<&str> = allowed.iter().map(http::Method::as_str).collect();
+            let mut error = ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                format!(
+                    "{} is not allowed on {path}; use {}",
+                    parts.method,
+                    names.join(", ")
+                ),
+            );
+            error.allow = Some(names.join(", "));
+            return (error.into_response(), String::new(), String::new());
+        }
+        Found::NoRoute => {
+            let error = ApiError::new(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                format!("no route for {} {path}", parts.method),
+            );
+            return (error.into_response(), String::new(), String::new());
+        }
+    };
+    let labels = |response: Response| (response, upstream.name.clone(), route.name.clone());
+
+    let mut client = format!("ip:{}", peer.ip());
+    if route.plugin("jwt").is_some() {
+        match proxy.jwt.verify(&parts.headers).await {
+            Ok(claims) => client = format!("consumer:{}", claims.sub),
+            Err(error) => return labels(error.into_response()),
+        }
+    }
+    let mut limit_headers = Vec::new();
+    if let Some(limiter) = &proxy.limiter {
+        let verdict = limiter.check(&client, Instant::now());
+        limit_headers = verdict.headers;
+        if !verdict.allowed {
+            let mut response = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::ResourceExhausted,
+                "API rate limit exceeded; retry after the time in Retry-After",
+            )
+            .into_response();
+            add_headers(response.headers_mut(), &limit_headers);
+            return labels(response);
+        }
+    }
+
+    let target = Target {
+        channel: proxy.channels[route.upstream].clone(),
+        upstream,
+        rule,
+        bound: &bound,
+    };
+    let mut response = upstream::call(&target, parts, body, proxy.max_body_bytes, request_id).await;
+    add_headers(response.headers_mut(), &limit_headers);
+    labels(response)
+}
+
+fn add_headers(headers: &mut HeaderMap, extra: &[(String, String)]) {
+    for (name, value) in extra {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+}
