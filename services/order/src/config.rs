@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::{ConfigError, JwtArgs, Secret, ShutdownArgs, value_or_file};
+use shop_common::config::{ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, value_or_file};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -22,10 +22,6 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: String,
-
-    /// RabbitMQ URL. Unset: events wait in the outbox and payment outcomes are not consumed.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Option<String>,
 
     /// user-service: the JWKS that verifies callers, and this service's own token.
     #[arg(
@@ -63,6 +59,10 @@ pub struct Config {
     #[arg(long, env = "ORDER_ABANDONED_CHECKOUT_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
     pub abandoned_checkout_after: Duration,
 
+    // Payment outcomes arrive as events: without RabbitMQ at `AMQP_URL` orders stay pending.
+    #[command(flatten)]
+    pub events: EventArgs,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -82,7 +82,7 @@ impl Config {
         Self {
             listen,
             database_url,
-            amqp_url: None,
+            events: EventArgs::default(),
             user_service_url,
             product_service_url,
             client_id: "order-service".to_owned(),

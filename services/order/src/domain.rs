@@ -248,6 +248,22 @@ impl Checkout {
     }
 }
 
+impl Checkout {
+    /// Whether a reservation's lines (sorted by product, as reserved) are this basket.
+    pub(crate) fn same_basket(&self, items: &[Item]) -> bool {
+        let asked = self.items.iter().map(|w| (&w.product_id, w.quantity));
+        items.iter().map(|i| (&i.product_id, i.quantity)).eq(asked)
+    }
+}
+
+/// One key is one checkout: the same key with another request is refused, with this message
+/// wherever the reuse is noticed (the stored order, or the reservation made under the key).
+pub(crate) fn key_reused(idempotency_key: &str, order_id: &str) -> Error {
+    Error::AlreadyExists(format!(
+        "idempotency_key {idempotency_key:?} was used for another order ({order_id}); use a new key for a new order"
+    ))
+}
+
 /// A line as ordered: with the catalogue's name and price at reservation time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Item {
@@ -303,6 +319,16 @@ pub(crate) struct Order {
     pub(crate) cancel_reason: String,
     pub(crate) created_at_ms: i64,
     pub(crate) updated_at_ms: i64,
+}
+
+impl Order {
+    /// This order, if `fingerprint` is the checkout it was placed with.
+    pub(crate) fn placed_by(self, fingerprint: &str) -> Result<Self, Error> {
+        if self.fingerprint == fingerprint {
+            return Ok(self);
+        }
+        Err(key_reused(&self.idempotency_key, &self.id))
+    }
 }
 
 #[cfg(test)]
@@ -464,6 +490,30 @@ mod tests {
             "the key names the order"
         );
         assert_ne!(a.order_id("u1"), a.order_id("u2"), "keys are per user");
+    }
+
+    #[test]
+    fn a_reservation_of_another_basket_is_a_reused_key() {
+        let checkout = Checkout::parse(&request()).unwrap_or_else(|e| panic!("{e}"));
+        let reserved = |quantities: [i32; 2]| -> Vec<Item> {
+            checkout
+                .items
+                .iter()
+                .zip(quantities)
+                .map(|(w, quantity)| Item {
+                    product_id: w.product_id.clone(),
+                    quantity,
+                    ..item(100, quantity, "EUR")
+                })
+                .collect()
+        };
+        assert!(checkout.same_basket(&reserved([1, 2])));
+        assert!(!checkout.same_basket(&reserved([1, 3])));
+        assert!(!checkout.same_basket(&reserved([1, 2])[..1]));
+
+        let error = key_reused("checkout-1", "o-1");
+        assert_eq!(error.code(), tonic::Code::AlreadyExists);
+        assert!(error.to_string().contains("use a new key"), "{error}");
     }
 
     fn item(price: i64, quantity: i32, currency: &str) -> Item {

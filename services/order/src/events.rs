@@ -4,106 +4,64 @@
 use std::sync::Arc;
 
 use shop_common::{
-    Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError},
+    BoxFuture,
+    events::{Envelope, EventHandler, HandlerError},
 };
-use shop_proto::events::v1::{
-    CancelReason, OrderConfirmed, PaymentFailed, PaymentRefunded, PaymentSucceeded,
+use shop_proto::{
+    DomainEvent as _,
+    events::v1::{PaymentFailed, PaymentRefunded, PaymentSucceeded},
 };
 
 use crate::{
     NAME,
-    api::cancellation,
-    domain::{Order, Status, Transition},
-    store::{Applying, Change, Changed, OrderStore},
+    orders::Orders,
+    store::{Applying, Changed},
 };
 
+/// The events this service subscribes to.
+pub const CONSUMES: &[&str] = &[
+    PaymentSucceeded::TYPE,
+    PaymentFailed::TYPE,
+    PaymentRefunded::TYPE,
+];
+
 pub(crate) struct PaymentOutcomes {
-    pub(crate) store: Arc<dyn OrderStore>,
-}
-
-/// Paid, and so confirmed: stock is already held, so nothing else stands in the way.
-fn confirm(order: &Order) -> Result<Option<Change>, Error> {
-    let Ok(paid) = order.status.after(Transition::PaymentSucceeded) else {
-        // Cancelled meanwhile (payment-service refunds on `order.cancelled`), or a repeat.
-        return Ok(None);
-    };
-    let status = paid
-        .after(Transition::Confirm)
-        .map_err(|e| Error::internal(e.to_string()))?;
-    let event = OrderConfirmed {
-        order_id: order.id.clone(),
-        user_id: order.user_id.clone(),
-    };
-    Ok(Some(Change {
-        status,
-        cancel_reason: String::new(),
-        events: vec![Envelope::new(
-            "order.confirmed",
-            "order",
-            &order.id,
-            NAME,
-            &event,
-        )],
-    }))
-}
-
-/// Cancels the order for `reason` when its status allows it (`only_from` lists the statuses
-/// the cause makes sense in).
-fn cancel(
-    order: &Order,
-    reason: CancelReason,
-    detail: &str,
-    only_from: &[Status],
-) -> Option<Change> {
-    (only_from.contains(&order.status) && order.status.after(Transition::Cancel(reason)).is_ok())
-        .then(|| cancellation(order, reason, detail))
+    pub(crate) orders: Arc<Orders>,
 }
 
 impl EventHandler for PaymentOutcomes {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let applying = Some(Applying {
+            let applying = Applying {
                 consumer: NAME,
                 event_id: envelope.id(),
-            });
+            };
             let (order_id, changed) = match envelope.event_type() {
-                "payment.succeeded" => {
+                PaymentSucceeded::TYPE => {
                     let event: PaymentSucceeded = envelope.payload()?;
-                    let changed = self.store.change(&event.order_id, applying, &confirm).await;
+                    let changed = self
+                        .orders
+                        .payment_succeeded(applying, &event.order_id)
+                        .await;
                     (event.order_id, changed)
                 }
-                "payment.failed" => {
+                PaymentFailed::TYPE => {
                     let event: PaymentFailed = envelope.payload()?;
-                    let decide = |order: &Order| {
-                        Ok(cancel(
-                            order,
-                            CancelReason::PaymentFailed,
-                            &event.reason,
-                            &[Status::PendingPayment],
-                        ))
-                    };
-                    let changed = self.store.change(&event.order_id, applying, &decide).await;
-                    (event.order_id.clone(), changed)
+                    let changed = self
+                        .orders
+                        .payment_failed(applying, &event.order_id, &event.reason)
+                        .await;
+                    (event.order_id, changed)
                 }
-                "payment.refunded" => {
+                PaymentRefunded::TYPE => {
                     let event: PaymentRefunded = envelope.payload()?;
-                    let decide = |order: &Order| {
-                        Ok(cancel(
-                            order,
-                            CancelReason::PaymentRefunded,
-                            "the payment was refunded",
-                            &[Status::Paid, Status::Confirmed],
-                        ))
-                    };
-                    let changed = self.store.change(&event.order_id, applying, &decide).await;
-                    (event.order_id.clone(), changed)
+                    let changed = self
+                        .orders
+                        .payment_refunded(applying, &event.order_id)
+                        .await;
+                    (event.order_id, changed)
                 }
-                other => {
-                    return Err(HandlerError::Permanent(format!(
-                        "{NAME} does not handle {other} events"
-                    )));
-                }
+                other => return Err(HandlerError::unexpected(NAME, other)),
             };
             match changed {
                 Ok(Changed::Applied(order)) => {

@@ -1,7 +1,7 @@
 //! Stock at product-service, as this service (the `service` role): reserving a basket for an
 //! order, and giving a reservation back.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use shop_common::{Error, auth::ServiceToken};
 use shop_proto::product::v1::{
@@ -14,14 +14,15 @@ use crate::domain::{Checkout, Item};
 
 pub(crate) struct Stock {
     pub(crate) products: ProductServiceClient<Channel>,
-    pub(crate) service_token: Arc<ServiceToken>,
+    pub(crate) service_token: ServiceToken,
     /// Deadline of each call.
     pub(crate) deadline: Duration,
 }
 
 impl Stock {
     /// Reserves the basket for `order_id` as this service; the catalogue's names and prices
-    /// come back with it.
+    /// come back with it, sorted by product. A repeat for the same order id returns the first
+    /// reservation, whatever basket it held.
     pub(crate) async fn reserve(
         &self,
         order_id: &str,
@@ -65,19 +66,9 @@ impl Stock {
             })
             .collect();
         items.sort_by(|a, b| a.product_id.cmp(&b.product_id));
-        let asked = checkout.items.iter().map(|w| (&w.product_id, w.quantity));
-        if !items.iter().map(|i| (&i.product_id, i.quantity)).eq(asked) {
-            // The order id was reserved first by another request under the same key.
-            return Err(Error::AlreadyExists(format!(
-                "idempotency_key {:?} is in use for another order; use a new key for a new order",
-                checkout.idempotency_key
-            )));
-        }
         Ok(items)
     }
-}
 
-impl Stock {
     /// Gives back what `order_id` holds; `false` when it held nothing.
     pub(crate) async fn release(&self, order_id: &str) -> Result<bool, Error> {
         let mut request = Request::new(ReleaseStockRequest {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use shop_common::{
-    Error,
     auth::{Access, Claims, Policy, Role},
     clock::timestamp,
     fields::{bounded, uuid},
@@ -16,11 +15,7 @@ use shop_proto::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{
-    domain::Payment,
-    payments::Payments,
-    store::{ListFilter, PaymentStore},
-};
+use crate::{domain::Payment, payments::Payments};
 
 /// Every method and who may call it; anything missing is denied.
 pub(crate) fn policy() -> Policy {
@@ -36,7 +31,6 @@ pub(crate) fn policy() -> Policy {
 }
 
 pub(crate) struct PaymentApi {
-    pub(crate) store: Arc<dyn PaymentStore>,
     pub(crate) payments: Arc<Payments>,
 }
 
@@ -57,13 +51,6 @@ fn to_pb(payment: &Payment) -> pb::Payment {
     }
 }
 
-/// Only the payer and admins see a payment; to anyone else it does not exist.
-fn visible(payment: Option<Payment>, id: &str, caller: &Claims) -> Result<Payment, Error> {
-    payment
-        .filter(|p| p.user_id == caller.sub || caller.has_role(Role::Admin))
-        .ok_or_else(|| Error::NotFound(format!("payment {id}")))
-}
-
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn get_payment(
@@ -72,7 +59,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::GetPaymentResponse>, Status> {
         let caller = Claims::of(&request)?;
         let id = uuid("payment_id", &request.get_ref().payment_id)?;
-        let payment = visible(self.store.get(&id).await?, &id, &caller)?;
+        let payment = self.payments.visible(&caller, &id).await?;
         Ok(Response::new(pb::GetPaymentResponse {
             payment: Some(to_pb(&payment)),
         }))
@@ -90,12 +77,10 @@ impl PaymentService for PaymentApi {
             "" => None,
             raw => Some(uuid("order_id", raw)?),
         };
-        let everyone = req.all_users && caller.has_role(Role::Admin);
-        let filter = ListFilter {
-            user_id: (!everyone).then(|| caller.sub.clone()),
-            order_id,
-        };
-        let rows = self.store.list(&filter, after.as_ref(), limit + 1).await?;
+        let rows = self
+            .payments
+            .list(&caller, req.all_users, order_id, after.as_ref(), limit + 1)
+            .await?;
         let (payments, next_page_token) = page(rows, limit, |p| Cursor {
             created_at_ms: p.created_at_ms,
             id: p.id.clone(),
@@ -106,20 +91,14 @@ impl PaymentService for PaymentApi {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(payment_id = %request.get_ref().payment_id), err)]
+    #[tracing::instrument(skip_all, fields(payment_id = %request.get_ref().payment_id))]
     async fn refund_payment(
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::RefundPaymentResponse>, Status> {
         let id = uuid("payment_id", &request.get_ref().payment_id)?;
         let reason = bounded("reason", &request.get_ref().reason, 0, 500)?;
-        let payment = self
-            .store
-            .get(&id)
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("payment {id}")))?;
-        let refunded = self.payments.refund(&payment).await?;
-        tracing::info!(%reason, "refund requested by an admin");
+        let refunded = self.payments.refund_by_id(&id, &reason).await?;
         Ok(Response::new(pb::RefundPaymentResponse {
             payment: Some(to_pb(&refunded)),
         }))

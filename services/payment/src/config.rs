@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shop_common::config::{JwtArgs, ShutdownArgs};
+use shop_common::config::{EventArgs, JwtArgs, ShutdownArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -22,10 +22,6 @@ pub struct Config {
         hide_env_values = true
     )]
     pub database_url: String,
-
-    /// RabbitMQ URL. Unset: no order is charged (events are how orders arrive).
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Option<String>,
 
     /// user-service, whose JWKS verifies callers' tokens.
     #[arg(
@@ -47,6 +43,10 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_RETRY_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub retry_delay: Duration,
 
+    // Orders arrive as events: without RabbitMQ at `AMQP_URL` none is charged.
+    #[command(flatten)]
+    pub events: EventArgs,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -60,7 +60,7 @@ impl Config {
         Self {
             listen,
             database_url,
-            amqp_url: None,
+            events: EventArgs::default(),
             user_service_url,
             provider_timeout: Duration::from_secs(10),
             charge_attempts: 4,

@@ -5,12 +5,18 @@
 use std::sync::Arc;
 
 use shop_common::{
-    Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError},
+    BoxFuture, Error,
+    events::{Envelope, EventHandler, HandlerError},
 };
-use shop_proto::events::v1::{OrderCancelled, OrderCreated};
+use shop_proto::{
+    DomainEvent as _,
+    events::v1::{OrderCancelled, OrderCreated},
+};
 
 use crate::{NAME, payments::Payments};
+
+/// The events this service subscribes to.
+pub const CONSUMES: &[&str] = &[OrderCreated::TYPE, OrderCancelled::TYPE];
 
 pub(crate) struct OrderEvents {
     pub(crate) payments: Arc<Payments>,
@@ -24,22 +30,18 @@ impl EventHandler for OrderEvents {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             match envelope.event_type() {
-                "order.created" => {
+                OrderCreated::TYPE => {
                     let order: OrderCreated = envelope.payload()?;
                     self.payments.charge_order(&order).await.map_err(retry)?;
                 }
-                "order.cancelled" => {
+                OrderCancelled::TYPE => {
                     let order: OrderCancelled = envelope.payload()?;
                     self.payments
                         .cancel_order(&order.order_id, &order.user_id)
                         .await
                         .map_err(retry)?;
                 }
-                other => {
-                    return Err(HandlerError::Permanent(format!(
-                        "{NAME} does not handle {other} events"
-                    )));
-                }
+                other => return Err(HandlerError::unexpected(NAME, other)),
             }
             Ok(())
         })

@@ -13,89 +13,51 @@ mod store;
 use std::sync::Arc;
 
 pub use config::Config;
+pub use events::CONSUMES;
 pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
-use shop_common::{
-    auth::{AuthLayer, RemoteKeys},
-    config::ConfigError,
-    events::{BusError, EventBus, RabbitBus, topology},
-    grpc::{GrpcServer, ServeError},
-    storage::{Sql, StorageError},
-};
+use shop_common::service::{Service, Start, StartError};
 use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
-use crate::{api::PaymentApi, payments::Payments};
+use crate::{api::PaymentApi, payments::Payments, store::PaymentStore};
 
 /// The name this service logs and reports under.
 pub const NAME: &str = "payment-service";
 
-#[derive(Debug, thiserror::Error)]
-pub enum PaymentServiceError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Storage(#[from] StorageError),
-    #[error("event bus: {0}")]
-    Bus(#[from] BusError),
-    #[error(transparent)]
-    Serve(#[from] ServeError),
+/// Serves the payment service with the simulator until `start.shutdown` is cancelled.
+pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
+    serve_with(config, Arc::new(Simulator::new()), start).await
 }
 
-/// Serves the payment service with the simulator on `listener` until `shutdown` is cancelled.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), PaymentServiceError> {
-    let bus =
-        RabbitBus::from_setting(config.amqp_url.as_deref(), "no order will be charged").await?;
-    serve_with(config, bus, Arc::new(Simulator::new()), listener, shutdown).await
-}
-
-/// [`serve`] with the event bus and the provider given (`shop up` and the tests).
+/// [`serve`] with the payment provider given (the tests watch a simulator of their own).
 pub async fn serve_with(
     config: Config,
-    bus: Option<Arc<dyn EventBus>>,
     provider: Arc<dyn PaymentProvider>,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), PaymentServiceError> {
-    let sql = Sql::connect("PAYMENT_DATABASE_URL", &config.database_url).await?;
-    sql.migrate(&store::MIGRATOR).await?;
-    tracing::info!(backend = sql.backend(), "payment store ready");
-    let store = store::open(sql.clone());
+    start: Start,
+) -> Result<(), StartError> {
+    let mut service = Service::start(NAME, start, &config.events).await?;
+    let db = service
+        .database(
+            "PAYMENT_DATABASE_URL",
+            &config.database_url,
+            &store::MIGRATOR,
+        )
+        .await?;
+    let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
     let payments = Arc::new(Payments {
-        store: store.clone(),
+        store: PaymentStore::new(db.clone()),
         provider,
         timeout: config.provider_timeout,
         attempts: config.charge_attempts,
         retry_delay: config.retry_delay,
     });
-
-    let keys = RemoteKeys::start(
-        &config.user_service_url,
-        &config.jwt.verifier_config(),
-        shutdown.clone(),
-    )?;
-    let mut tasks = vec![keys.refresher];
-    if let Some(bus) = bus {
-        let handler = Arc::new(events::OrderEvents {
-            payments: payments.clone(),
-        });
-        tasks.push(topology::consume(bus.as_ref(), NAME, handler, shutdown.clone()).await?);
-        tasks.push(sql.spawn_relay(NAME, bus, shutdown.clone()));
-    }
-
-    let served = GrpcServer::new(NAME, shop_proto::FILE_DESCRIPTOR_SET, config.shutdown)
-        .add_service(PaymentServiceServer::new(PaymentApi { store, payments }))
-        .with_auth(AuthLayer::new(keys.verifier, api::policy()).with_key_source(keys.jwks))
-        .serve(listener, shutdown)
-        .await;
-    for task in tasks {
-        if let Err(error) = task.await {
-            tracing::warn!(%error, "background task failed");
-        }
-    }
-    Ok(served?)
+    service.publish_outbox(&db);
+    let handler = Arc::new(events::OrderEvents {
+        payments: payments.clone(),
+    });
+    service.consume(CONSUMES, handler).await?;
+    let server = service
+        .grpc(config.shutdown.clone())
+        .add_service(PaymentServiceServer::new(PaymentApi { payments }))
+        .with_auth(keys.auth(api::policy()));
+    service.serve(server).await
 }

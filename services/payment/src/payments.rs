@@ -1,10 +1,17 @@
 //! What the service does with money, used by the event handlers and the API alike: charge an
 //! order (at most once, retrying transient failures with the same idempotency key), refund a
-//! payment, and settle each outcome with the event that announces it.
+//! payment, settle each outcome with the event that announces it, and show payments to whom
+//! they belong.
 
 use std::{sync::Arc, time::Duration};
 
-use shop_common::{Error, clock::now_ms, events::Envelope};
+use shop_common::{
+    Error,
+    auth::{Claims, Role},
+    clock::now_ms,
+    events::Envelope,
+    paging::Cursor,
+};
 use shop_proto::{
     common::v1::Money,
     events::v1::{OrderCreated, PaymentFailed, PaymentRefunded, PaymentSucceeded},
@@ -14,11 +21,11 @@ use crate::{
     NAME,
     domain::{Payment, Status, amount_due},
     provider::{ChargeError, PaymentProvider},
-    store::{PaymentStore, Settle},
+    store::{ListFilter, PaymentStore, Settle},
 };
 
 pub(crate) struct Payments {
-    pub(crate) store: Arc<dyn PaymentStore>,
+    pub(crate) store: PaymentStore,
     pub(crate) provider: Arc<dyn PaymentProvider>,
     pub(crate) timeout: Duration,
     pub(crate) attempts: u32,
@@ -103,9 +110,12 @@ impl Payments {
                     order_id: payment.order_id.clone(),
                     amount: money(payment),
                 };
-                let envelope =
-                    Envelope::new("payment.succeeded", "payment", &payment.id, NAME, &event);
-                (Status::Succeeded, "", reference.as_str(), envelope)
+                (
+                    Status::Succeeded,
+                    "",
+                    reference.as_str(),
+                    Envelope::new(NAME, &event),
+                )
             }
             Err(reason) => {
                 let event = PaymentFailed {
@@ -113,9 +123,12 @@ impl Payments {
                     order_id: payment.order_id.clone(),
                     reason: reason.clone(),
                 };
-                let envelope =
-                    Envelope::new("payment.failed", "payment", &payment.id, NAME, &event);
-                (Status::Failed, reason.as_str(), "", envelope)
+                (
+                    Status::Failed,
+                    reason.as_str(),
+                    "",
+                    Envelope::new(NAME, &event),
+                )
             }
         };
         let settle = Settle {
@@ -140,6 +153,46 @@ impl Payments {
             .get(payment_id)
             .await?
             .ok_or_else(|| Error::NotFound(format!("payment {payment_id}")))
+    }
+
+    /// The payment `id` if the caller may see it: the payer or an admin. To anyone else it
+    /// does not exist.
+    pub(crate) async fn visible(&self, caller: &Claims, id: &str) -> Result<Payment, Error> {
+        self.store
+            .get(id)
+            .await?
+            .filter(|p| p.user_id == caller.sub || caller.has_role(Role::Admin))
+            .ok_or_else(|| Error::NotFound(format!("payment {id}")))
+    }
+
+    /// Up to `limit` of the caller's payments after `after`, newest first, of one order if
+    /// given; an admin asking for `all_users` sees everyone's.
+    pub(crate) async fn list(
+        &self,
+        caller: &Claims,
+        all_users: bool,
+        order_id: Option<String>,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Payment>, Error> {
+        let everyone = all_users && caller.has_role(Role::Admin);
+        let filter = ListFilter {
+            user_id: (!everyone).then(|| caller.sub.clone()),
+            order_id,
+        };
+        self.store.list(&filter, after, limit).await
+    }
+
+    /// An admin's refund of payment `id`, with the reason they gave.
+    pub(crate) async fn refund_by_id(&self, id: &str, reason: &str) -> Result<Payment, Error> {
+        let payment = self
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("payment {id}")))?;
+        let refunded = self.refund(&payment).await?;
+        tracing::info!(payment_id = %id, %reason, "refund requested by an admin");
+        Ok(refunded)
     }
 
     /// Refunds a succeeded payment (again: a no-op). Errors: FAILED_PRECONDITION when it never
@@ -178,13 +231,7 @@ impl Payments {
             to: Status::Refunded,
             failure_reason: "",
             provider_reference: &payment.provider_reference,
-            event: Some(Envelope::new(
-                "payment.refunded",
-                "payment",
-                &payment.id,
-                NAME,
-                &event,
-            )),
+            event: Some(Envelope::new(NAME, &event)),
         };
         match self.store.settle(&payment.id, settle).await? {
             Some(refunded) => {

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use shop_common::events::BoxFuture;
+use shop_common::BoxFuture;
 
 /// Why a charge did not go through.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

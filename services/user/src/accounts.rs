@@ -198,7 +198,11 @@ impl Accounts {
     }
 
     /// Up to `limit` accounts after `after`, oldest first.
-    pub(crate) async fn list(&self, after: Option<&Cursor>, limit: u32) -> Result<Vec<User>, Error> {
+    pub(crate) async fn list(
+        &self,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error> {
         self.store.list(after, limit).await
     }
 

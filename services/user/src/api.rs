@@ -1,7 +1,6 @@
 //! The gRPC surface: decode and validate, call [`Accounts`], encode. Who may call what is the
 //! table in [`policy`].
 
-
 use shop_common::{
     Error,
     auth::{Access, Claims, Policy, Role},
@@ -13,7 +12,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     accounts::{Accounts, TokenPair},
-    domain::{DisplayName, Email, Password, User, UserChanges, parse_account_roles, role_name, user_id},
+    domain::{
+        DisplayName, Email, Password, User, UserChanges, parse_account_roles, role_name, user_id,
+    },
 };
 
 const ANY_ACCOUNT: &[Role] = &[Role::Customer, Role::Admin];

@@ -24,7 +24,6 @@ pub struct Config {
     )]
     pub database_url: String,
 
-
     /// PEM RSA private key that signs new tokens.
     #[arg(long, env = "USER_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,

@@ -1,18 +1,12 @@
-//! Where orders live: one trait, backed by PostgreSQL or SQLite (one SQL text for both, see
-//! `sql.rs`). Every change is one transaction with the events it announces (outbox) and, for a
-//! change caused by an event, the record that the event was applied (idempotent consumer).
+//! Where orders live: PostgreSQL or SQLite, one SQL text for both (see `sql.rs`). Every change
+//! is one transaction with the events it announces (outbox) and, for a change caused by an
+//! event, the record that the event was applied (idempotent consumer).
 
 mod sql;
 
-use std::sync::Arc;
+use shop_common::{Error, events::Envelope};
 
-use shop_common::{
-    Error,
-    events::{BoxFuture, Envelope},
-    paging::Cursor,
-    storage::Sql,
-};
-
+pub(crate) use self::sql::OrderStore;
 use crate::domain::{Order, Status};
 
 /// The migrations of this service, embedded in the binary.
@@ -61,71 +55,22 @@ pub(crate) struct ListFilter {
     pub(crate) status: Option<Status>,
 }
 
-pub(crate) trait OrderStore: Send + Sync {
-    /// Stores the order with its `order.created` event and ends its checkout, unless one was
-    /// placed under its key already (also concurrently): then that one is returned.
-    /// Errors: FAILED_PRECONDITION when the checkout was swept as abandoned (its stock is gone).
-    fn place<'a>(
-        &'a self,
-        order: &'a Order,
-        event: &'a Envelope,
-    ) -> BoxFuture<'a, Result<Placed, Error>>;
-
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Order>, Error>>;
-
-    /// Notes that stock is about to be reserved for `order_id` (kept if already noted).
-    fn begin_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Forgets a checkout that made no order and holds no stock (the reservation was refused).
-    fn end_checkout<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<(), Error>>;
-
-    /// Checkouts begun before `before_ms` that made no order, taken off the list (up to
-    /// `limit`): their stock is the caller's to release. Rows whose order exists are dropped.
-    fn take_abandoned(
-        &self,
-        before_ms: i64,
-        limit: u32,
-    ) -> BoxFuture<'_, Result<Vec<String>, Error>>;
-
-    /// Up to `limit` matching orders after `after`, newest first.
-    fn list<'a>(
-        &'a self,
-        filter: &'a ListFilter,
-        after: Option<&'a Cursor>,
-        limit: u32,
-    ) -> BoxFuture<'a, Result<Vec<Order>, Error>>;
-
-    /// Reads the order, lets `decide` choose a change, and applies it with its events, all in
-    /// one transaction; a concurrent change makes it decide again on the fresh order.
-    fn change<'a>(
-        &'a self,
-        order_id: &'a str,
-        applying: Option<Applying<'a>>,
-        decide: &'a Decide<'a>,
-    ) -> BoxFuture<'a, Result<Changed, Error>>;
-}
-
-/// The store on `sql`'s database.
-pub(crate) fn open(sql: Sql) -> Arc<dyn OrderStore> {
-    sql::open(sql)
-}
-
 #[cfg(test)]
 mod tests {
-    use shop_common::events::Envelope;
+    use shop_common::{events::Envelope, storage::Db};
 
     use super::*;
     use crate::domain::{Address, Item, Status};
 
-    async fn store(dir: &tempfile::TempDir) -> Arc<dyn OrderStore> {
+    async fn store(dir: &tempfile::TempDir) -> OrderStore {
         let url = format!("sqlite://{}", dir.path().join("order.db").display());
-        let sql = Sql::connect("ORDER_DATABASE_URL", &url)
+        let db = Db::connect("ORDER_DATABASE_URL", &url)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        sql.migrate(&MIGRATOR)
+        db.migrate(&MIGRATOR)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        open(sql)
+        OrderStore::new(db)
     }
 
     fn order(id: &str) -> Order {
@@ -161,11 +106,11 @@ mod tests {
 
     fn created(id: &str) -> Envelope {
         Envelope::new(
-            "order.created",
-            "order",
-            id,
             "test",
-            &shop_proto::events::v1::OrderCreated::default(),
+            &shop_proto::events::v1::OrderCreated {
+                order_id: id.to_owned(),
+                ..Default::default()
+            },
         )
     }
 

@@ -12,7 +12,12 @@ use sqlx::{Row as _, any::AnyRow};
 use super::{NewRefreshToken, Rotation, email_taken};
 use crate::domain::{NewUser, User, UserChanges, roles_from_column, roles_to_column};
 
-const USER_COLUMNS: &str = "user_id, email, display_name, roles, created_at_ms, updated_at_ms";
+/// The columns of a [`User`], spliced into statements at compile time.
+macro_rules! user_columns {
+    () => {
+        "user_id, email, display_name, roles, created_at_ms, updated_at_ms"
+    };
+}
 
 fn user(row: &AnyRow) -> Result<User, sqlx::Error> {
     Ok(User {
@@ -66,9 +71,11 @@ impl UserStore {
     }
 
     pub(crate) async fn get(&self, id: &str) -> Result<Option<User>, Error> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
-        )))
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users WHERE user_id = $1"
+        ))
         .bind(id)
         .fetch_optional(self.db.pool())
         .await?;
@@ -77,9 +84,11 @@ impl UserStore {
 
     /// The account and its password hash, by normalised email.
     pub(crate) async fn credentials(&self, email: &str) -> Result<Option<(User, String)>, Error> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS}, password_hash FROM users WHERE email = $1"
-        )))
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            ", password_hash FROM users WHERE email = $1"
+        ))
         .bind(email)
         .fetch_optional(self.db.pool())
         .await?;
@@ -98,14 +107,15 @@ impl UserStore {
     ) -> Result<Option<User>, Error> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let row = sqlx::query(concat!(
             "UPDATE users SET email = COALESCE($2, email),
                  display_name = COALESCE($3, display_name),
                  roles = COALESCE($4, roles),
                  password_hash = COALESCE($5, password_hash),
                  updated_at_ms = $6
-             WHERE user_id = $1 RETURNING {USER_COLUMNS}"
-        )))
+             WHERE user_id = $1 RETURNING ",
+            user_columns!()
+        ))
         .bind(id)
         .bind(changes.email.as_ref().map(|e| e.as_str().to_owned()))
         .bind(changes.display_name.as_ref().map(|n| n.as_str().to_owned()))
@@ -134,13 +144,19 @@ impl UserStore {
     }
 
     /// Up to `limit` accounts after `after`, oldest first.
-    pub(crate) async fn list(&self, after: Option<&Cursor>, limit: u32) -> Result<Vec<User>, Error> {
+    pub(crate) async fn list(
+        &self,
+        after: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<User>, Error> {
         let (at, id) = Cursor::bounds(after);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {USER_COLUMNS} FROM users
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            user_columns!(),
+            " FROM users
              WHERE created_at_ms > $1 OR (created_at_ms = $1 AND user_id > $2)
              ORDER BY created_at_ms, user_id LIMIT $3"
-        )))
+        ))
         .bind(at)
         .bind(id)
         .bind(i64::from(limit))
@@ -218,9 +234,11 @@ impl UserStore {
             .bind(next_expires_at_ms)
             .execute(&mut *tx)
             .await?;
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {USER_COLUMNS} FROM users WHERE user_id = $1"
-            )))
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                user_columns!(),
+                " FROM users WHERE user_id = $1"
+            ))
             .bind(&user_id)
             .fetch_one(&mut *tx)
             .await?;

@@ -11,9 +11,9 @@ use std::{
 use anyhow::Context as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, jwk::ThumbprintHash};
 use shop_common::{
+    BoxFuture,
     auth::{Claims, Role},
     config::Secret,
-    BoxFuture,
     events::{
         Envelope, EventBus as _, EventHandler, HandlerError, InProcessBus, RetryPolicy,
         Subscription,
