@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use shop_common::config::{JwtArgs, ShutdownArgs};
+use shop_common::config::{EventArgs, JwtArgs, ShutdownArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -23,10 +23,6 @@ pub struct Config {
     )]
     pub database_url: String,
 
-    /// RabbitMQ URL: `order.cancelled` events release stock. Unset: no events are consumed.
-    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
-    pub amqp_url: Option<String>,
-
     /// user-service, whose JWKS verifies callers' tokens.
     #[arg(
         long,
@@ -38,6 +34,10 @@ pub struct Config {
     /// Fill an empty catalogue with demo products at start (local runs).
     #[arg(long, env = "PRODUCT_SEED_DEMO_CATALOGUE", default_value_t = false)]
     pub seed_demo_catalogue: bool,
+
+    // Cancelled orders arrive as events: without RabbitMQ at `AMQP_URL` their stock stays held.
+    #[command(flatten)]
+    pub events: EventArgs,
 
     #[command(flatten)]
     pub jwt: JwtArgs,
@@ -52,7 +52,7 @@ impl Config {
         Self {
             listen,
             database_url,
-            amqp_url: None,
+            events: EventArgs::default(),
             user_service_url,
             seed_demo_catalogue: false,
             jwt: JwtArgs::default(),

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use shop_common::Error;
+use shop_common::{Error, clock::timestamp};
 use shop_proto::{common::v1::Money, product::v1 as pb};
 
 const MAX_ATTRIBUTES: usize = 50;
@@ -56,6 +56,118 @@ pub(crate) struct ProductUpdate {
     pub(crate) expected_version: i64,
     pub(crate) fields: ProductFields,
     pub(crate) stock: i32,
+}
+
+/// The version an update is made against: the one the client read.
+pub(crate) fn expected_version(new: &pb::Product) -> Result<i64, Error> {
+    if new.version <= 0 {
+        return Err(Error::invalid(
+            "product.version",
+            "is required: send back the version you read",
+        ));
+    }
+    Ok(new.version)
+}
+
+impl ProductUpdate {
+    /// The update `new` asks of `current`: the masked fields (or, without a mask, every
+    /// non-empty one) replaced and checked again, on the condition that the stored version is
+    /// still `expected_version`.
+    pub(crate) fn parse(
+        current: &Product,
+        expected_version: i64,
+        new: &pb::Product,
+        paths: &[String],
+    ) -> Result<Self, Error> {
+        let merged = merged(current, new, paths)?;
+        Ok(Self {
+            expected_version,
+            fields: parse_fields("product", &merged)?,
+            stock: parse_stock("product.stock", merged.stock)?,
+        })
+    }
+}
+
+const UPDATABLE: [&str; 8] = [
+    "sku",
+    "name",
+    "description",
+    "category",
+    "price",
+    "image_url",
+    "attributes",
+    "stock",
+];
+
+/// The product after the update: the stored one with the masked fields taken from `new` (all
+/// non-empty fields of `new` without a mask).
+fn merged(current: &Product, new: &pb::Product, paths: &[String]) -> Result<pb::Product, Error> {
+    let mut merged = current.to_pb();
+    let given = |path: &str| match path {
+        "sku" => !new.sku.is_empty(),
+        "name" => !new.name.is_empty(),
+        "description" => !new.description.is_empty(),
+        "category" => !new.category.is_empty(),
+        "price" => new.price.is_some(),
+        "image_url" => !new.image_url.is_empty(),
+        "attributes" => !new.attributes.is_empty(),
+        _ => false,
+    };
+    let paths: Vec<&str> = if paths.is_empty() {
+        UPDATABLE.into_iter().filter(|p| given(p)).collect()
+    } else {
+        paths.iter().map(String::as_str).collect()
+    };
+    for (i, path) in paths.iter().enumerate() {
+        match *path {
+            "sku" => merged.sku.clone_from(&new.sku),
+            "name" => merged.name.clone_from(&new.name),
+            "description" => merged.description.clone_from(&new.description),
+            "category" => merged.category.clone_from(&new.category),
+            "price" => merged.price.clone_from(&new.price),
+            "image_url" => merged.image_url.clone_from(&new.image_url),
+            "attributes" => merged.attributes.clone_from(&new.attributes),
+            "stock" => merged.stock = new.stock,
+            other => {
+                return Err(Error::invalid(
+                    format!("update_mask.paths[{i}]"),
+                    format!(
+                        "{other:?} cannot be changed; use one of {}",
+                        UPDATABLE.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(merged)
+}
+
+impl Product {
+    pub(crate) fn to_pb(&self) -> pb::Product {
+        let product = self;
+        let f = &product.fields;
+        pb::Product {
+            product_id: product.id.clone(),
+            sku: f.sku.clone(),
+            name: f.name.clone(),
+            description: f.description.clone(),
+            category: f.category.clone(),
+            price: Some(Money {
+                amount_minor: f.price_minor,
+                currency: f.currency.clone(),
+            }),
+            image_url: f.image_url.clone(),
+            attributes: f
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            stock: product.stock,
+            version: product.version,
+            create_time: Some(timestamp(product.created_at_ms)),
+            update_time: Some(timestamp(product.updated_at_ms)),
+        }
+    }
 }
 
 /// What ListProducts filters on.

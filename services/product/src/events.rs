@@ -5,22 +5,28 @@
 use std::sync::Arc;
 
 use shop_common::{
-    Error,
-    events::{BoxFuture, Envelope, EventHandler, HandlerError},
+    BoxFuture, Error,
+    events::{Envelope, EventHandler, HandlerError},
 };
-use shop_proto::events::v1::OrderCancelled;
+use shop_proto::{DomainEvent as _, events::v1::OrderCancelled};
 
-use crate::store::ProductStore;
+use crate::{NAME, catalogue::Catalogue};
+
+/// The events this service subscribes to.
+pub const CONSUMES: &[&str] = &[OrderCancelled::TYPE];
 
 pub(crate) struct ReleaseOnCancel {
-    pub(crate) store: Arc<dyn ProductStore>,
+    pub(crate) catalogue: Arc<Catalogue>,
 }
 
 impl EventHandler for ReleaseOnCancel {
     fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
+            if envelope.event_type() != OrderCancelled::TYPE {
+                return Err(HandlerError::unexpected(NAME, envelope.event_type()));
+            }
             let event: OrderCancelled = envelope.payload()?;
-            match self.store.release(&event.order_id).await {
+            match self.catalogue.release(&event.order_id).await {
                 Ok(released) => {
                     tracing::info!(order_id = %event.order_id, released, "order cancelled");
                     Ok(())

@@ -4,11 +4,9 @@
 mod mongo;
 mod sql;
 
-use std::sync::Arc;
+use shop_common::{BoxFuture, Error, paging::Cursor};
 
-use shop_common::{Error, events::BoxFuture, paging::Cursor, storage::Sql};
-
-pub(crate) use self::mongo::MongoStore;
+pub(crate) use self::{mongo::MongoStore, sql::SqlStore};
 
 use crate::domain::{ListFilter, NewProduct, Product, ProductUpdate, ReservedLine, StockLine};
 
@@ -56,11 +54,6 @@ pub(crate) trait ProductStore: Send + Sync {
     fn count(&self) -> BoxFuture<'_, Result<u64, Error>>;
 }
 
-/// The store on `sql`'s database.
-pub(crate) fn open_sql(sql: Sql) -> Arc<dyn ProductStore> {
-    sql::open(sql)
-}
-
 pub(crate) fn stale_version(id: &str, expected: i64) -> Error {
     Error::Aborted(format!(
         "product {id} changed since version {expected}; read it again and retry"
@@ -98,5 +91,3 @@ pub(crate) fn rejection_from_columns(code: &str, message: String) -> Error {
         _ => Error::FailedPrecondition(message),
     }
 }
-
-pub(crate) use shop_common::storage::db_error;

@@ -14,7 +14,7 @@ use mongodb::{
     options::{ClientOptions, IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
-use shop_common::{Error, clock::now_ms, config::ConfigError, events::BoxFuture, paging::Cursor};
+use shop_common::{BoxFuture, Error, clock::now_ms, config::ConfigError, paging::Cursor};
 
 use super::{
     ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns,

@@ -1,41 +1,29 @@
-//! The catalogue in SQL. The statements are portable (`$n` placeholders work on SQLite too), so
-//! the implementation is written once and stamped out per backend by `sql_store!`. Stock is
-//! taken with `UPDATE … WHERE stock >= $n`: the row lock (PostgreSQL) or the single writer
-//! (SQLite, `BEGIN IMMEDIATE`) makes check and decrement one step, so stock never goes negative.
+//! The catalogue in SQL, one text for PostgreSQL and SQLite. Stock is taken with
+//! `UPDATE … WHERE stock >= $n`: the row lock (PostgreSQL) or the single writer (SQLite,
+//! `BEGIN IMMEDIATE`) makes check and decrement one step, so stock never goes negative.
 
-use std::sync::Arc;
-
-use shop_common::{Error, clock::now_ms, events::BoxFuture, paging::Cursor, storage::Sql};
-use sqlx::Row as _;
+use shop_common::{
+    BoxFuture, Error,
+    clock::now_ms,
+    paging::Cursor,
+    storage::{Db, is_unique_violation},
+};
+use sqlx::{AnyConnection, Row as _, any::AnyRow};
 
 use super::{
-    ProductStore, db_error, not_enough_stock, rejection_from_columns, rejection_to_columns,
+    ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns,
     reservation_released, sku_taken, stale_version,
 };
 use crate::domain::{
     ListFilter, NewProduct, Product, ProductFields, ProductUpdate, ReservedLine, StockLine,
 };
 
+/// The columns of a [`Product`], spliced into statements at compile time.
 macro_rules! product_columns {
     () => {
         "product_id, sku, name, description, category, price_minor, currency, image_url,
          attributes, stock, version, created_at_ms, updated_at_ms"
     };
-}
-
-pub(super) fn open(sql: Sql) -> Arc<dyn ProductStore> {
-    match sql {
-        Sql::Postgres(pool) => Arc::new(PgProductStore {
-            pool,
-            begin: "BEGIN",
-        }),
-        // IMMEDIATE takes the write lock up front: a transaction that reads and then writes
-        // could otherwise fail to upgrade its lock under concurrency.
-        Sql::Sqlite { pool, .. } => Arc::new(SqliteProductStore {
-            pool,
-            begin: "BEGIN IMMEDIATE",
-        }),
-    }
 }
 
 /// `%text%` for LIKE, with the wildcards of the text itself escaped.
@@ -47,419 +35,400 @@ fn like_pattern(text: &str) -> String {
     format!("%{escaped}%")
 }
 
-use shop_common::storage::is_unique_violation as unique_violation;
-
-macro_rules! sql_store {
-    ($store:ident, $db:ty) => {
-        struct $store {
-            pool: sqlx::Pool<$db>,
-            begin: &'static str,
-        }
-
-        impl $store {
-            fn product(row: &<$db as sqlx::Database>::Row) -> Result<Product, Error> {
-                let attributes: String = row.try_get("attributes").map_err(db_error)?;
-                let get = || -> Result<Product, sqlx::Error> {
-                    Ok(Product {
-                        id: row.try_get("product_id")?,
-                        fields: ProductFields {
-                            sku: row.try_get("sku")?,
-                            name: row.try_get("name")?,
-                            description: row.try_get("description")?,
-                            category: row.try_get("category")?,
-                            price_minor: row.try_get("price_minor")?,
-                            currency: row.try_get("currency")?,
-                            image_url: row.try_get("image_url")?,
-                            attributes: Default::default(),
-                        },
-                        stock: row.try_get("stock")?,
-                        version: row.try_get("version")?,
-                        created_at_ms: row.try_get("created_at_ms")?,
-                        updated_at_ms: row.try_get("updated_at_ms")?,
-                    })
-                };
-                let mut product = get().map_err(db_error)?;
-                product.fields.attributes =
-                    serde_json::from_str(&attributes).map_err(Error::internal)?;
-                Ok(product)
-            }
-
-            async fn begin(&self) -> Result<sqlx::Transaction<'static, $db>, Error> {
-                self.pool.begin_with(self.begin).await.map_err(db_error)
-            }
-
-            /// The stored outcome of `order_id`'s reservation, if it has one.
-            async fn outcome(
-                conn: &mut <$db as sqlx::Database>::Connection,
-                order_id: &str,
-            ) -> Result<Option<Result<Vec<ReservedLine>, Error>>, Error> {
-                let Some(row) = sqlx::query(
-                    "SELECT status, failure_code, failure_message FROM reservations
-                     WHERE order_id = $1",
-                )
-                .bind(order_id)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(db_error)?
-                else {
-                    return Ok(None);
-                };
-                let status: String = row.try_get("status").map_err(db_error)?;
-                if status == "released" {
-                    return Ok(Some(Err(reservation_released(order_id))));
-                }
-                if status == "rejected" {
-                    let code: Option<String> = row.try_get("failure_code").map_err(db_error)?;
-                    let message: Option<String> =
-                        row.try_get("failure_message").map_err(db_error)?;
-                    return Ok(Some(Err(rejection_from_columns(
-                        code.as_deref().unwrap_or_default(),
-                        message.unwrap_or_default(),
-                    ))));
-                }
-                let rows = sqlx::query(
-                    "SELECT product_id, sku, name, quantity, price_minor, currency
-                     FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
-                )
-                .bind(order_id)
-                .fetch_all(&mut *conn)
-                .await
-                .map_err(db_error)?;
-                let lines = rows
-                    .iter()
-                    .map(|row| {
-                        Ok(ReservedLine {
-                            product_id: row.try_get("product_id")?,
-                            sku: row.try_get("sku")?,
-                            name: row.try_get("name")?,
-                            quantity: row.try_get("quantity")?,
-                            price_minor: row.try_get("price_minor")?,
-                            currency: row.try_get("currency")?,
-                        })
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
-                    .map_err(db_error)?;
-                Ok(Some(Ok(lines)))
-            }
-
-            /// Takes every line's stock inside `tx`; the first line that cannot be served
-            /// stops it with the error to remember.
-            async fn take(
-                tx: &mut <$db as sqlx::Database>::Connection,
-                lines: &[StockLine],
-            ) -> Result<Result<Vec<ReservedLine>, Error>, Error> {
-                let now = now_ms();
-                let mut reserved = Vec::with_capacity(lines.len());
-                for line in lines {
-                    let taken = sqlx::query(
-                        "UPDATE products SET stock = stock - $2, version = version + 1,
-                             updated_at_ms = $3
-                         WHERE product_id = $1 AND stock >= $2
-                         RETURNING sku, name, price_minor, currency",
-                    )
-                    .bind(&line.product_id)
-                    .bind(line.quantity)
-                    .bind(now)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    let Some(row) = taken else {
-                        let found = sqlx::query("SELECT sku, stock FROM products WHERE product_id = $1")
-                            .bind(&line.product_id)
-                            .fetch_optional(&mut *tx)
-                            .await
-                            .map_err(db_error)?;
-                        return Ok(Err(match found {
-                            None => Error::NotFound(format!("product {}", line.product_id)),
-                            Some(row) => not_enough_stock(
-                                &row.try_get::<String, _>("sku").map_err(db_error)?,
-                                &line.product_id,
-                                line.quantity,
-                                row.try_get("stock").map_err(db_error)?,
-                            ),
-                        }));
-                    };
-                    reserved.push(ReservedLine {
-                        product_id: line.product_id.clone(),
-                        sku: row.try_get("sku").map_err(db_error)?,
-                        name: row.try_get("name").map_err(db_error)?,
-                        quantity: line.quantity,
-                        price_minor: row.try_get("price_minor").map_err(db_error)?,
-                        currency: row.try_get("currency").map_err(db_error)?,
-                    });
-                }
-                Ok(Ok(reserved))
-            }
-
-            /// Records the outcome; false when a concurrent call for the same order won.
-            async fn record(
-                tx: &mut <$db as sqlx::Database>::Connection,
-                order_id: &str,
-                outcome: &Result<Vec<ReservedLine>, Error>,
-            ) -> Result<bool, Error> {
-                let (status, code, message) = match outcome {
-                    Ok(_) => ("reserved", None, None),
-                    Err(error) => {
-                        let (code, message) = rejection_to_columns(error);
-                        ("rejected", Some(code), Some(message))
-                    }
-                };
-                let inserted = sqlx::query(
-                    "INSERT INTO reservations (order_id, status, failure_code, failure_message,
-                         created_at_ms)
-                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                )
-                .bind(order_id)
-                .bind(status)
-                .bind(code)
-                .bind(message)
-                .bind(now_ms())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?
-                .rows_affected();
-                if inserted == 0 {
-                    return Ok(false);
-                }
-                for line in outcome.iter().flatten() {
-                    sqlx::query(
-                        "INSERT INTO reservation_items (order_id, product_id, sku, name, quantity,
-                             price_minor, currency)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(order_id)
-                    .bind(&line.product_id)
-                    .bind(&line.sku)
-                    .bind(&line.name)
-                    .bind(line.quantity)
-                    .bind(line.price_minor)
-                    .bind(&line.currency)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                }
-                Ok(true)
-            }
-        }
-
-        impl ProductStore for $store {
-            fn create<'a>(
-                &'a self,
-                product: &'a NewProduct,
-            ) -> BoxFuture<'a, Result<Product, Error>> {
-                Box::pin(async move {
-                    let f = &product.fields;
-                    let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
-                    let now = now_ms();
-                    let row = sqlx::query(concat!(
-                        "INSERT INTO products (product_id, sku, name, description, category,
-                             price_minor, currency, image_url, attributes, search_text, stock,
-                             version, created_at_ms, updated_at_ms)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)
-                         RETURNING ",
-                        product_columns!()
-                    ))
-                    .bind(&product.id)
-                    .bind(&f.sku)
-                    .bind(&f.name)
-                    .bind(&f.description)
-                    .bind(&f.category)
-                    .bind(f.price_minor)
-                    .bind(&f.currency)
-                    .bind(&f.image_url)
-                    .bind(attributes)
-                    .bind(f.search_text())
-                    .bind(product.stock)
-                    .bind(now)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(|e| if unique_violation(&e) { sku_taken(&f.sku) } else { db_error(e) })?;
-                    Self::product(&row)
-                })
-            }
-
-            fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Product>, Error>> {
-                Box::pin(async move {
-                    let row = sqlx::query(concat!(
-                        "SELECT ",
-                        product_columns!(),
-                        " FROM products WHERE product_id = $1"
-                    ))
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(db_error)?;
-                    row.as_ref().map(Self::product).transpose()
-                })
-            }
-
-            fn list<'a>(
-                &'a self,
-                filter: &'a ListFilter,
-                after: Option<&'a Cursor>,
-                limit: u32,
-            ) -> BoxFuture<'a, Result<Vec<Product>, Error>> {
-                Box::pin(async move {
-                    let (at, id) = Cursor::bounds(after);
-                    // Empty strings and zeros stand for "no filter", so one statement serves
-                    // every combination without NULL typing trouble.
-                    let rows = sqlx::query(concat!(
-                        "SELECT ",
-                        product_columns!(),
-                        " FROM products
-                         WHERE ($1 = '' OR category = $1)
-                           AND ($2 = '' OR search_text LIKE $2 ESCAPE '\\')
-                           AND (CAST($3 AS BIGINT) = 0 OR price_minor >= $3)
-                           AND (CAST($4 AS BIGINT) = 0 OR price_minor <= $4)
-                           AND (created_at_ms > $5 OR (created_at_ms = $5 AND product_id > $6))
-                         ORDER BY created_at_ms, product_id LIMIT $7"
-                    ))
-                    .bind(filter.category.clone().unwrap_or_default())
-                    .bind(filter.query.as_deref().map(like_pattern).unwrap_or_default())
-                    .bind(filter.min_price_minor.unwrap_or(0))
-                    .bind(filter.max_price_minor.unwrap_or(0))
-                    .bind(at)
-                    .bind(id)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await
-                    .map_err(db_error)?;
-                    rows.iter().map(Self::product).collect()
-                })
-            }
-
-            fn update<'a>(
-                &'a self,
-                id: &'a str,
-                update: &'a ProductUpdate,
-            ) -> BoxFuture<'a, Result<Product, Error>> {
-                Box::pin(async move {
-                    let f = &update.fields;
-                    let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
-                    let row = sqlx::query(concat!(
-                        "UPDATE products SET sku = $3, name = $4, description = $5, category = $6,
-                             price_minor = $7, currency = $8, image_url = $9, attributes = $10,
-                             search_text = $11, stock = $12, version = version + 1,
-                             updated_at_ms = $13
-                         WHERE product_id = $1 AND version = $2
-                         RETURNING ",
-                        product_columns!()
-                    ))
-                    .bind(id)
-                    .bind(update.expected_version)
-                    .bind(&f.sku)
-                    .bind(&f.name)
-                    .bind(&f.description)
-                    .bind(&f.category)
-                    .bind(f.price_minor)
-                    .bind(&f.currency)
-                    .bind(&f.image_url)
-                    .bind(attributes)
-                    .bind(f.search_text())
-                    .bind(update.stock)
-                    .bind(now_ms())
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| if unique_violation(&e) { sku_taken(&f.sku) } else { db_error(e) })?;
-                    match row {
-                        Some(row) => Self::product(&row),
-                        None => match self.get(id).await? {
-                            Some(_) => Err(stale_version(id, update.expected_version)),
-                            None => Err(Error::NotFound(format!("product {id}"))),
-                        },
-                    }
-                })
-            }
-
-            fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
-                Box::pin(async move {
-                    let deleted = sqlx::query("DELETE FROM products WHERE product_id = $1")
-                        .bind(id)
-                        .execute(&self.pool)
-                        .await
-                        .map_err(db_error)?
-                        .rows_affected();
-                    Ok(deleted > 0)
-                })
-            }
-
-            fn reserve<'a>(
-                &'a self,
-                order_id: &'a str,
-                lines: &'a [StockLine],
-            ) -> BoxFuture<'a, Result<Vec<ReservedLine>, Error>> {
-                Box::pin(async move {
-                    let mut tx = self.begin().await?;
-                    if let Some(first) = Self::outcome(&mut tx, order_id).await? {
-                        return first;
-                    }
-                    let outcome = Self::take(&mut tx, lines).await?;
-                    if outcome.is_err() {
-                        // Nothing taken stays taken; the rejection is remembered on its own.
-                        tx.rollback().await.map_err(db_error)?;
-                        tx = self.begin().await?;
-                    }
-                    let recorded = Self::record(&mut tx, order_id, &outcome).await?;
-                    if !recorded {
-                        tx.rollback().await.map_err(db_error)?;
-                        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-                        return Self::outcome(&mut conn, order_id)
-                            .await?
-                            .unwrap_or_else(|| Err(Error::internal("reservation vanished")));
-                    }
-                    tx.commit().await.map_err(db_error)?;
-                    outcome
-                })
-            }
-
-            fn release<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
-                Box::pin(async move {
-                    let now = now_ms();
-                    let mut tx = self.begin().await?;
-                    let released = sqlx::query(
-                        "UPDATE reservations SET status = 'released', released_at_ms = $2
-                         WHERE order_id = $1 AND status = 'reserved'",
-                    )
-                    .bind(order_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?
-                    .rows_affected();
-                    if released == 0 {
-                        return Ok(false);
-                    }
-                    // A product deleted since simply has no stock to get back.
-                    sqlx::query(
-                        "UPDATE products SET stock = stock + (
-                                 SELECT quantity FROM reservation_items i
-                                 WHERE i.order_id = $1 AND i.product_id = products.product_id),
-                             version = version + 1, updated_at_ms = $2
-                         WHERE product_id IN (
-                             SELECT product_id FROM reservation_items WHERE order_id = $1)",
-                    )
-                    .bind(order_id)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                    tx.commit().await.map_err(db_error)?;
-                    Ok(true)
-                })
-            }
-
-            fn count(&self) -> BoxFuture<'_, Result<u64, Error>> {
-                Box::pin(async move {
-                    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err(db_error)?;
-                    Ok(u64::try_from(n).unwrap_or(0))
-                })
-            }
-        }
-    };
+fn sku_taken_or(error: sqlx::Error, sku: &str) -> Error {
+    if is_unique_violation(&error) {
+        sku_taken(sku)
+    } else {
+        error.into()
+    }
 }
 
-sql_store!(PgProductStore, sqlx::Postgres);
-sql_store!(SqliteProductStore, sqlx::Sqlite);
+pub(crate) struct SqlStore {
+    db: Db,
+}
+
+impl SqlStore {
+    pub(crate) fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    fn product(row: &AnyRow) -> Result<Product, Error> {
+        let attributes: String = row.try_get("attributes")?;
+        Ok(Product {
+            id: row.try_get("product_id")?,
+            fields: ProductFields {
+                sku: row.try_get("sku")?,
+                name: row.try_get("name")?,
+                description: row.try_get("description")?,
+                category: row.try_get("category")?,
+                price_minor: row.try_get("price_minor")?,
+                currency: row.try_get("currency")?,
+                image_url: row.try_get("image_url")?,
+                attributes: serde_json::from_str(&attributes).map_err(Error::internal)?,
+            },
+            stock: row.try_get("stock")?,
+            version: row.try_get("version")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+            updated_at_ms: row.try_get("updated_at_ms")?,
+        })
+    }
+
+    /// The stored outcome of `order_id`'s reservation, if it has one.
+    async fn outcome(
+        conn: &mut AnyConnection,
+        order_id: &str,
+    ) -> Result<Option<Result<Vec<ReservedLine>, Error>>, Error> {
+        let Some(row) = sqlx::query(
+            "SELECT status, failure_code, failure_message FROM reservations
+             WHERE order_id = $1",
+        )
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        else {
+            return Ok(None);
+        };
+        let status: String = row.try_get("status")?;
+        if status == "released" {
+            return Ok(Some(Err(reservation_released(order_id))));
+        }
+        if status == "rejected" {
+            let code: Option<String> = row.try_get("failure_code")?;
+            let message: Option<String> = row.try_get("failure_message")?;
+            return Ok(Some(Err(rejection_from_columns(
+                code.as_deref().unwrap_or_default(),
+                message.unwrap_or_default(),
+            ))));
+        }
+        let rows = sqlx::query(
+            "SELECT product_id, sku, name, quantity, price_minor, currency
+             FROM reservation_items WHERE order_id = $1 ORDER BY product_id",
+        )
+        .bind(order_id)
+        .fetch_all(&mut *conn)
+        .await?;
+        let lines = rows
+            .iter()
+            .map(|row| {
+                Ok(ReservedLine {
+                    product_id: row.try_get("product_id")?,
+                    sku: row.try_get("sku")?,
+                    name: row.try_get("name")?,
+                    quantity: row.try_get("quantity")?,
+                    price_minor: row.try_get("price_minor")?,
+                    currency: row.try_get("currency")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        Ok(Some(Ok(lines)))
+    }
+
+    /// Takes every line's stock inside `tx`; the first line that cannot be served
+    /// stops it with the error to remember.
+    async fn take(
+        tx: &mut AnyConnection,
+        lines: &[StockLine],
+    ) -> Result<Result<Vec<ReservedLine>, Error>, Error> {
+        let now = now_ms();
+        let mut reserved = Vec::with_capacity(lines.len());
+        for line in lines {
+            let taken = sqlx::query(
+                "UPDATE products SET stock = stock - $2, version = version + 1,
+                     updated_at_ms = $3
+                 WHERE product_id = $1 AND stock >= $2
+                 RETURNING sku, name, price_minor, currency",
+            )
+            .bind(&line.product_id)
+            .bind(line.quantity)
+            .bind(now)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = taken else {
+                let found = sqlx::query("SELECT sku, stock FROM products WHERE product_id = $1")
+                    .bind(&line.product_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                return Ok(Err(match found {
+                    None => Error::NotFound(format!("product {}", line.product_id)),
+                    Some(row) => not_enough_stock(
+                        &row.try_get::<String, _>("sku")?,
+                        &line.product_id,
+                        line.quantity,
+                        row.try_get("stock")?,
+                    ),
+                }));
+            };
+            reserved.push(ReservedLine {
+                product_id: line.product_id.clone(),
+                sku: row.try_get("sku")?,
+                name: row.try_get("name")?,
+                quantity: line.quantity,
+                price_minor: row.try_get("price_minor")?,
+                currency: row.try_get("currency")?,
+            });
+        }
+        Ok(Ok(reserved))
+    }
+
+    /// Records the outcome; false when a concurrent call for the same order won.
+    async fn record(
+        tx: &mut AnyConnection,
+        order_id: &str,
+        outcome: &Result<Vec<ReservedLine>, Error>,
+    ) -> Result<bool, Error> {
+        let (status, code, message) = match outcome {
+            Ok(_) => ("reserved", None, None),
+            Err(error) => {
+                let (code, message) = rejection_to_columns(error);
+                ("rejected", Some(code), Some(message))
+            }
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO reservations (order_id, status, failure_code, failure_message,
+                 created_at_ms)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(status)
+        .bind(code)
+        .bind(message)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        for line in outcome.iter().flatten() {
+            sqlx::query(
+                "INSERT INTO reservation_items (order_id, product_id, sku, name, quantity,
+                     price_minor, currency)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(order_id)
+            .bind(&line.product_id)
+            .bind(&line.sku)
+            .bind(&line.name)
+            .bind(line.quantity)
+            .bind(line.price_minor)
+            .bind(&line.currency)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Ok(true)
+    }
+}
+
+impl ProductStore for SqlStore {
+    fn create<'a>(&'a self, product: &'a NewProduct) -> BoxFuture<'a, Result<Product, Error>> {
+        Box::pin(async move {
+            let f = &product.fields;
+            let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
+            let now = now_ms();
+            let row = sqlx::query(concat!(
+                "INSERT INTO products (product_id, sku, name, description, category,
+                     price_minor, currency, image_url, attributes, search_text, stock,
+                     version, created_at_ms, updated_at_ms)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1, $12, $12)
+                 RETURNING ",
+                product_columns!()
+            ))
+            .bind(&product.id)
+            .bind(&f.sku)
+            .bind(&f.name)
+            .bind(&f.description)
+            .bind(&f.category)
+            .bind(f.price_minor)
+            .bind(&f.currency)
+            .bind(&f.image_url)
+            .bind(attributes)
+            .bind(f.search_text())
+            .bind(product.stock)
+            .bind(now)
+            .fetch_one(self.db.pool())
+            .await
+            .map_err(|e| sku_taken_or(e, &f.sku))?;
+            Self::product(&row)
+        })
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Product>, Error>> {
+        Box::pin(async move {
+            let row = sqlx::query(concat!(
+                "SELECT ",
+                product_columns!(),
+                " FROM products WHERE product_id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(self.db.pool())
+            .await?;
+            row.as_ref().map(Self::product).transpose()
+        })
+    }
+
+    fn list<'a>(
+        &'a self,
+        filter: &'a ListFilter,
+        after: Option<&'a Cursor>,
+        limit: u32,
+    ) -> BoxFuture<'a, Result<Vec<Product>, Error>> {
+        Box::pin(async move {
+            let (at, id) = Cursor::bounds(after);
+            // Empty strings and zeros stand for "no filter", so one statement serves
+            // every combination without NULL typing trouble.
+            let rows = sqlx::query(concat!(
+                "SELECT ",
+                product_columns!(),
+                " FROM products
+                 WHERE ($1 = '' OR category = $1)
+                   AND ($2 = '' OR search_text LIKE $2 ESCAPE '\\')
+                   AND (CAST($3 AS BIGINT) = 0 OR price_minor >= $3)
+                   AND (CAST($4 AS BIGINT) = 0 OR price_minor <= $4)
+                   AND (created_at_ms > $5 OR (created_at_ms = $5 AND product_id > $6))
+                 ORDER BY created_at_ms, product_id LIMIT $7"
+            ))
+            .bind(filter.category.clone().unwrap_or_default())
+            .bind(
+                filter
+                    .query
+                    .as_deref()
+                    .map(like_pattern)
+                    .unwrap_or_default(),
+            )
+            .bind(filter.min_price_minor.unwrap_or(0))
+            .bind(filter.max_price_minor.unwrap_or(0))
+            .bind(at)
+            .bind(id)
+            .bind(i64::from(limit))
+            .fetch_all(self.db.pool())
+            .await?;
+            rows.iter().map(Self::product).collect()
+        })
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a str,
+        update: &'a ProductUpdate,
+    ) -> BoxFuture<'a, Result<Product, Error>> {
+        Box::pin(async move {
+            let f = &update.fields;
+            let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
+            let row = sqlx::query(concat!(
+                "UPDATE products SET sku = $3, name = $4, description = $5, category = $6,
+                     price_minor = $7, currency = $8, image_url = $9, attributes = $10,
+                     search_text = $11, stock = $12, version = version + 1,
+                     updated_at_ms = $13
+                 WHERE product_id = $1 AND version = $2
+                 RETURNING ",
+                product_columns!()
+            ))
+            .bind(id)
+            .bind(update.expected_version)
+            .bind(&f.sku)
+            .bind(&f.name)
+            .bind(&f.description)
+            .bind(&f.category)
+            .bind(f.price_minor)
+            .bind(&f.currency)
+            .bind(&f.image_url)
+            .bind(attributes)
+            .bind(f.search_text())
+            .bind(update.stock)
+            .bind(now_ms())
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(|e| sku_taken_or(e, &f.sku))?;
+            match row {
+                Some(row) => Self::product(&row),
+                None => match self.get(id).await? {
+                    Some(_) => Err(stale_version(id, update.expected_version)),
+                    None => Err(Error::NotFound(format!("product {id}"))),
+                },
+            }
+        })
+    }
+
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let deleted = sqlx::query("DELETE FROM products WHERE product_id = $1")
+                .bind(id)
+                .execute(self.db.pool())
+                .await?
+                .rows_affected();
+            Ok(deleted > 0)
+        })
+    }
+
+    fn reserve<'a>(
+        &'a self,
+        order_id: &'a str,
+        lines: &'a [StockLine],
+    ) -> BoxFuture<'a, Result<Vec<ReservedLine>, Error>> {
+        Box::pin(async move {
+            let mut tx = self.db.begin().await?;
+            if let Some(first) = Self::outcome(&mut tx, order_id).await? {
+                return first;
+            }
+            let outcome = Self::take(&mut tx, lines).await?;
+            if outcome.is_err() {
+                // Nothing taken stays taken; the rejection is remembered on its own.
+                tx.rollback().await?;
+                tx = self.db.begin().await?;
+            }
+            let recorded = Self::record(&mut tx, order_id, &outcome).await?;
+            if !recorded {
+                tx.rollback().await?;
+                let mut conn = self.db.pool().acquire().await?;
+                return Self::outcome(&mut conn, order_id)
+                    .await?
+                    .unwrap_or_else(|| Err(Error::internal("reservation vanished")));
+            }
+            tx.commit().await?;
+            outcome
+        })
+    }
+
+    fn release<'a>(&'a self, order_id: &'a str) -> BoxFuture<'a, Result<bool, Error>> {
+        Box::pin(async move {
+            let now = now_ms();
+            let mut tx = self.db.begin().await?;
+            let released = sqlx::query(
+                "UPDATE reservations SET status = 'released', released_at_ms = $2
+                 WHERE order_id = $1 AND status = 'reserved'",
+            )
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if released == 0 {
+                return Ok(false);
+            }
+            // A product deleted since simply has no stock to get back.
+            sqlx::query(
+                "UPDATE products SET stock = stock + (
+                         SELECT quantity FROM reservation_items i
+                         WHERE i.order_id = $1 AND i.product_id = products.product_id),
+                     version = version + 1, updated_at_ms = $2
+                 WHERE product_id IN (
+                     SELECT product_id FROM reservation_items WHERE order_id = $1)",
+            )
+            .bind(order_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        })
+    }
+
+    fn count(&self) -> BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(async move {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM products")
+                .fetch_one(self.db.pool())
+                .await?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}

@@ -11,6 +11,7 @@ use product_service::Config;
 use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus},
+    service::Start,
     storage::database_on,
 };
 use shop_proto::{
@@ -118,7 +119,7 @@ impl Shop {
         let user_task = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                user_service::serve_with(users, None, user_listener, shutdown).await?;
+                user_service::serve(users, Start::new(user_listener, shutdown)).await?;
                 anyhow::Ok(())
             }
         });
@@ -130,7 +131,8 @@ impl Shop {
             let shutdown = shutdown.clone();
             let bus: Arc<dyn EventBus> = bus.clone();
             async move {
-                product_service::serve_with(config, Some(bus), product_listener, shutdown).await?;
+                let start = Start::new(product_listener, shutdown).with_bus(bus);
+                product_service::serve(config, start).await?;
                 anyhow::Ok(())
             }
         });

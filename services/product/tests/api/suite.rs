@@ -590,9 +590,6 @@ pub(crate) async fn a_cancelled_order_releases_its_stock(backend: Backend) -> an
     shop.reserve(&order, &[(&item.product_id, 3)]).await?;
     assert_eq!(shop.get(&item.product_id).await?.stock, 1);
     let cancelled = Envelope::new(
-        "order.cancelled",
-        "order",
-        &order,
         "order-service",
         &OrderCancelled {
             order_id: order.clone(),
