@@ -10,8 +10,9 @@ use std::{
 
 use shop_common::{
     config::{ConfigError, Secret, ShutdownArgs, bind},
-    events::{BusError, EventBus, InProcessBus, RabbitBus},
+    events::{BusError, EventBus, InProcessBus, RabbitBus, Subscription},
     metrics,
+    service::Start,
     storage::{StorageError, database_on},
 };
 use tokio::{net::TcpListener, task::JoinSet};
@@ -170,8 +171,18 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
         None => Arc::new(InProcessBus::new()),
     };
 
+    // Every consumer's queue exists before any service publishes, so no event of this run is
+    // unroutable because its consumer had not started yet.
+    bus.declare(&[
+        Subscription::new(product_service::NAME, product_service::CONSUMES),
+        Subscription::new(order_service::NAME, order_service::CONSUMES),
+        Subscription::new(payment_service::NAME, payment_service::CONSUMES),
+    ])
+    .await?;
+
     let mut parts = JoinSet::new();
     let token = || shutdown.clone();
+    let start = |listener| Start::new(listener, shutdown.clone()).with_bus(bus.clone());
     let timing = &args.shutdown;
     let mut user_config =
         user_service::Config::local(endpoints.user, database_url(args, "user").await?);
@@ -194,7 +205,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     user_config.service_clients = Some(format!("order-service:{}", order_secret.expose()));
     parts.spawn(part(
         user_service::NAME,
-        user_service::serve_with(user_config, Some(bus.clone()), user, token()),
+        user_service::serve(user_config, start(user)),
     ));
     let product_database = match &args.mongodb_url {
         Some(url) => url.clone(),
@@ -209,7 +220,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     product_config.seed_demo_catalogue = true;
     parts.spawn(part(
         product_service::NAME,
-        product_service::serve_with(product_config, Some(bus.clone()), product, token()),
+        product_service::serve(product_config, start(product)),
     ));
     let mut order_config = order_service::Config::local(
         endpoints.order,
@@ -221,7 +232,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     order_config.shutdown = timing.clone();
     parts.spawn(part(
         order_service::NAME,
-        order_service::serve_with(order_config, Some(bus.clone()), order, token()),
+        order_service::serve(order_config, start(order)),
     ));
     let mut payment_config = payment_service::Config::local(
         endpoints.payment,
@@ -231,13 +242,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     payment_config.shutdown = timing.clone();
     parts.spawn(part(
         payment_service::NAME,
-        payment_service::serve_with(
-            payment_config,
-            Some(bus.clone()),
-            Arc::new(payment_service::Simulator::new()),
-            payment,
-            token(),
-        ),
+        payment_service::serve(payment_config, start(payment)),
     ));
     let mut gateway_config = gateway::Config::local(
         endpoints.gateway,
@@ -251,7 +256,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     gateway_config.kong_config.clone_from(&args.kong_config);
     parts.spawn(part(
         gateway::NAME,
-        gateway::serve(gateway_config, gateway, token()),
+        gateway::serve(gateway_config, Start::new(gateway, token())),
     ));
     parts.spawn(part("metrics", metrics::serve(metrics, token())));
     Ok(System {

@@ -14,9 +14,9 @@ use anyhow::Context as _;
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use shop_common::{
+    BoxFuture,
     auth::{Access, AuthLayer, Claims, KeySource, Policy, Role, Verifier, VerifierConfig},
     config::ShutdownArgs,
-    events::BoxFuture,
     grpc::GrpcServer,
 };
 use shop_proto::payment::v1::{

@@ -9,9 +9,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use shop_common::events::{
-    BoxFuture, Envelope, EventBus, EventHandler, EventPublisher, HandlerError, RabbitBus,
-    RetryPolicy, Subscription,
+use shop_common::{
+    BoxFuture,
+    events::{
+        Envelope, EventBus, EventHandler, EventPublisher, HandlerError, RabbitBus, RetryPolicy,
+        Subscription,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -74,13 +77,11 @@ async fn dropped_broker_connections_lose_no_event() -> anyhow::Result<()> {
         if i == EVENTS / 3 || i == 2 * EVENTS / 3 {
             close_all_connections().await?;
         }
-        let event = Envelope::new(
-            "order.created",
-            "order",
-            &format!("order-{i}"),
-            "fault-test",
-            &shop_proto::events::v1::OrderCreated::default(),
-        );
+        let created = shop_proto::events::v1::OrderCreated {
+            order_id: format!("order-{i}"),
+            ..Default::default()
+        };
+        let event = Envelope::new("fault-test", &created);
         bus.publish(&event)
             .await
             .with_context(|| format!("publishing event {i}"))?;

@@ -7,9 +7,12 @@ use std::{
 };
 
 use anyhow::Context as _;
-use shop_common::events::{
-    BoxFuture, Envelope, EventBus, EventHandler, EventPublisher, HandlerError, RabbitBus,
-    RetryPolicy, Subscription,
+use shop_common::{
+    BoxFuture,
+    events::{
+        Envelope, EventBus, EventHandler, EventPublisher, HandlerError, RabbitBus, RetryPolicy,
+        Subscription,
+    },
 };
 use tokio_util::sync::CancellationToken;
 
@@ -81,13 +84,15 @@ async fn the_cli_lists_a_dead_letter_with_its_reason_and_replays_it() -> anyhow:
             stop.clone(),
         )
         .await?;
-    let event = Envelope::new(
-        &key,
-        "order",
-        "order-cli",
+    let mut event = Envelope::new(
         "dlq-test",
-        &shop_proto::events::v1::OrderCreated::default(),
+        &shop_proto::events::v1::OrderCreated {
+            order_id: "order-cli".to_owned(),
+            ..Default::default()
+        },
     );
+    // A routing key of this test's own, so no other consumer on the broker sees the event.
+    event.0.event_type.clone_from(&key);
     bus.publish(&event).await?;
 
     let mut listed = String::new();

@@ -191,7 +191,10 @@ async fn limited_gateway(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = CancellationToken::new();
-    tokio::spawn(gateway::serve(config, listener, stop.clone()));
+    tokio::spawn(gateway::serve(
+        config,
+        shop_common::service::Start::new(listener, stop.clone()),
+    ));
     Ok((addr, stop))
 }
 

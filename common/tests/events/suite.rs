@@ -8,10 +8,9 @@ use std::{
 use anyhow::{Context as _, bail};
 use opentelemetry::trace::TraceContextExt as _;
 use shop_common::{
+    BoxFuture,
     config::TelemetryArgs,
-    events::{
-        BoxFuture, Envelope, EventBus, EventHandler, HandlerError, RetryPolicy, Subscription,
-    },
+    events::{Envelope, EventBus, EventHandler, HandlerError, RetryPolicy, Subscription},
 };
 use shop_proto::events::v1::OrderCreated;
 use tokio_util::sync::CancellationToken;
@@ -90,18 +89,19 @@ fn unique_prefix() -> String {
     format!("t{}", uuid::Uuid::new_v4().simple())
 }
 
+/// `envelope` under a routing key of this test's own: `<prefix>.<its type>`.
+fn under(prefix: &str, mut envelope: Envelope) -> Envelope {
+    envelope.0.event_type = format!("{prefix}.{}", envelope.0.event_type);
+    envelope
+}
+
 fn order_created(prefix: &str, order_id: &str) -> Envelope {
-    Envelope::new(
-        &format!("{prefix}.order.created"),
-        "order",
-        order_id,
-        "order-service",
-        &OrderCreated {
-            order_id: order_id.to_owned(),
-            user_id: "user-1".to_owned(),
-            ..OrderCreated::default()
-        },
-    )
+    let event = OrderCreated {
+        order_id: order_id.to_owned(),
+        user_id: "user-1".to_owned(),
+        ..OrderCreated::default()
+    };
+    under(prefix, Envelope::new("order-service", &event))
 }
 
 async fn until(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
@@ -339,13 +339,11 @@ pub(crate) async fn a_consumer_gets_only_the_keys_it_bound(
     let _stop = subscribe(&bus, &name, &[&pattern], fast_retries(3), handler.clone()).await?;
     bus.publish(&order_created(&prefix, "order-unbound"))
         .await?;
-    let paid = Envelope::new(
-        &format!("{prefix}.payment.succeeded"),
-        "payment",
-        "pay-1",
-        "payment-service",
-        &shop_proto::events::v1::PaymentSucceeded::default(),
-    );
+    let succeeded = shop_proto::events::v1::PaymentSucceeded {
+        payment_id: "pay-1".to_owned(),
+        ..Default::default()
+    };
+    let paid = under(&prefix, Envelope::new("payment-service", &succeeded));
     bus.publish(&paid).await?;
     until("the bound event is applied", || {
         !handler.applied_ids().is_empty()

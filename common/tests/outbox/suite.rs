@@ -9,30 +9,31 @@ use std::{
 };
 
 use anyhow::Context as _;
-use shop_common::events::{
-    BoxFuture, BusError, Envelope, EventBus, EventHandler, EventPublisher, HandlerError,
-    InProcessBus, RetryPolicy, Subscription,
+use shop_common::{
+    BoxFuture,
+    events::{
+        BusError, Envelope, EventBus, EventHandler, EventPublisher, HandlerError, InProcessBus,
+        RetryPolicy, Subscription,
+    },
 };
-use shop_proto::events::v1::OrderCreated;
+use shop_proto::{DomainEvent as _, events::v1::OrderCreated};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::Db;
 
 const CONSUMER: &str = "outbox-test";
-const KEY: &str = "order.created";
+const KEY: &str = OrderCreated::TYPE;
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn event(aggregate: &str) -> Envelope {
-    Envelope::new(
-        KEY,
-        "order",
-        aggregate,
-        "outbox-test",
-        &OrderCreated::default(),
-    )
+    let created = OrderCreated {
+        order_id: aggregate.to_owned(),
+        ..OrderCreated::default()
+    };
+    Envelope::new("outbox-test", &created)
 }
 
 /// Records delivered event ids in arrival order; with a database, applies each at most once.

@@ -9,6 +9,7 @@ use anyhow::{Context as _, bail};
 use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus, RabbitBus},
+    service::Start,
     storage::database_on,
 };
 use shop_proto::{
@@ -167,21 +168,15 @@ impl Shop {
             display_name: "Admin".to_owned(),
             admin: true,
         }];
-        tasks.push(spawn(user_service::serve_with(
-            users,
-            Some(bus.clone()),
-            user_listener,
-            shutdown.clone(),
-        )));
+        let start = |listener| Start::new(listener, shutdown.clone()).with_bus(bus.clone());
+        tasks.push(spawn(user_service::serve(users, start(user_listener))));
 
         let product_listener = TcpListener::bind("127.0.0.1:0").await?;
         let product_addr = product_listener.local_addr()?;
         let products = product_service::Config::local(product_addr, product_db, user_url.clone());
-        tasks.push(spawn(product_service::serve_with(
+        tasks.push(spawn(product_service::serve(
             products,
-            Some(bus.clone()),
-            product_listener,
-            shutdown.clone(),
+            start(product_listener),
         )));
 
         let order_listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -193,12 +188,7 @@ impl Shop {
             format!("http://{product_addr}"),
             secret,
         );
-        tasks.push(spawn(order_service::serve_with(
-            orders,
-            Some(bus.clone()),
-            order_listener,
-            shutdown.clone(),
-        )));
+        tasks.push(spawn(order_service::serve(orders, start(order_listener))));
 
         let order_channel = serving(order_addr).await?;
         let mut users = UserServiceClient::new(channel(user_addr).await?);
@@ -239,10 +229,8 @@ impl Shop {
         let stop = self.shutdown.child_token();
         let task = spawn(payment_service::serve_with(
             config,
-            Some(self.bus.clone()),
             self.simulator.clone(),
-            listener,
-            stop.clone(),
+            Start::new(listener, stop.clone()).with_bus(self.bus.clone()),
         ));
         self.payment = Some(Running { stop, task });
         serving(self.payment_addr).await?;
