@@ -5,13 +5,7 @@
 
 use std::time::Duration;
 
-use shop_common::{
-    Error,
-    auth::{Claims, Role},
-    clock::now_ms,
-    events::Envelope,
-    paging::Cursor,
-};
+use shop_common::{Error, auth::Claims, clock::now_ms, events::Envelope, paging::Cursor};
 use shop_proto::{
     common::v1::Money,
     events::v1::{CancelReason, OrderCancelled, OrderConfirmed, OrderCreated, OrderLine},
@@ -172,7 +166,7 @@ impl Orders {
         self.store
             .get(id)
             .await?
-            .filter(|o| o.user_id == caller.sub || caller.has_role(Role::Admin))
+            .filter(|o| caller.may_see(&o.user_id))
             .ok_or_else(|| Error::NotFound(format!("order {id}")))
     }
 
@@ -186,9 +180,8 @@ impl Orders {
         after: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<Order>, Error> {
-        let everyone = all_users && caller.has_role(Role::Admin);
         let filter = ListFilter {
-            user_id: (!everyone).then(|| caller.sub.clone()),
+            user_id: caller.list_scope(all_users),
             status,
         };
         self.store.list(&filter, after, limit).await

@@ -20,6 +20,19 @@ pub(crate) struct Stock {
 }
 
 impl Stock {
+    /// A call to product-service as this service, with its deadline.
+    async fn request<T>(&self, message: T) -> Result<Request<T>, Error> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.deadline);
+        self.service_token
+            .authorize(&mut request)
+            .await
+            .map_err(|status| {
+                Error::unavailable("user-service (service token)", status.to_string())
+            })?;
+        Ok(request)
+    }
+
     /// Reserves the basket for `order_id` as this service; the catalogue's names and prices
     /// come back with it, sorted by product. A repeat for the same order id returns the first
     /// reservation, whatever basket it held.
@@ -28,24 +41,19 @@ impl Stock {
         order_id: &str,
         checkout: &Checkout,
     ) -> Result<Vec<Item>, Error> {
-        let mut request = Request::new(ReserveStockRequest {
-            order_id: order_id.to_owned(),
-            items: checkout
-                .items
-                .iter()
-                .map(|w| StockItem {
-                    product_id: w.product_id.clone(),
-                    quantity: w.quantity,
-                })
-                .collect(),
-        });
-        request.set_timeout(self.deadline);
-        self.service_token
-            .authorize(&mut request)
-            .await
-            .map_err(|status| {
-                Error::unavailable("user-service (service token)", status.to_string())
-            })?;
+        let request = self
+            .request(ReserveStockRequest {
+                order_id: order_id.to_owned(),
+                items: checkout
+                    .items
+                    .iter()
+                    .map(|w| StockItem {
+                        product_id: w.product_id.clone(),
+                        quantity: w.quantity,
+                    })
+                    .collect(),
+            })
+            .await?;
         let reserved = match self.products.clone().reserve_stock(request).await {
             Ok(response) => response.into_inner(),
             Err(status) => return Err(reservation_error(&status)),
@@ -71,16 +79,11 @@ impl Stock {
 
     /// Gives back what `order_id` holds; `false` when it held nothing.
     pub(crate) async fn release(&self, order_id: &str) -> Result<bool, Error> {
-        let mut request = Request::new(ReleaseStockRequest {
-            order_id: order_id.to_owned(),
-        });
-        request.set_timeout(self.deadline);
-        self.service_token
-            .authorize(&mut request)
-            .await
-            .map_err(|status| {
-                Error::unavailable("user-service (service token)", status.to_string())
-            })?;
+        let request = self
+            .request(ReleaseStockRequest {
+                order_id: order_id.to_owned(),
+            })
+            .await?;
         match self.products.clone().release_stock(request).await {
             Ok(response) => Ok(response.into_inner().released),
             Err(status) => Err(Error::unavailable("product-service", status.to_string())),

@@ -5,13 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use shop_common::{
-    Error,
-    auth::{Claims, Role},
-    clock::now_ms,
-    events::Envelope,
-    paging::Cursor,
-};
+use shop_common::{Error, auth::Claims, clock::now_ms, events::Envelope, paging::Cursor};
 use shop_proto::{
     common::v1::Money,
     events::v1::{OrderCreated, PaymentFailed, PaymentRefunded, PaymentSucceeded},
@@ -161,7 +155,7 @@ impl Payments {
         self.store
             .get(id)
             .await?
-            .filter(|p| p.user_id == caller.sub || caller.has_role(Role::Admin))
+            .filter(|p| caller.may_see(&p.user_id))
             .ok_or_else(|| Error::NotFound(format!("payment {id}")))
     }
 
@@ -175,9 +169,8 @@ impl Payments {
         after: Option<&Cursor>,
         limit: u32,
     ) -> Result<Vec<Payment>, Error> {
-        let everyone = all_users && caller.has_role(Role::Admin);
         let filter = ListFilter {
-            user_id: (!everyone).then(|| caller.sub.clone()),
+            user_id: caller.list_scope(all_users),
             order_id,
         };
         self.store.list(&filter, after, limit).await

@@ -148,8 +148,7 @@ impl Accounts {
     /// The account `id` if the caller may see it: its owner, an admin or a service. Others get
     /// NOT_FOUND, so account ids cannot be probed.
     pub(crate) async fn visible(&self, caller: &Claims, id: &str) -> Result<User, Error> {
-        let allowed =
-            caller.sub == id || caller.has_role(Role::Admin) || caller.has_role(Role::Service);
+        let allowed = caller.may_see(id) || caller.has_role(Role::Service);
         let user = if allowed {
             self.store.get(id).await?
         } else {
@@ -210,7 +209,7 @@ impl Accounts {
     /// exist.
     pub(crate) async fn delete(&self, caller: &Claims, id: &str) -> Result<(), Error> {
         let not_found = || Error::NotFound(format!("user {id}"));
-        if caller.sub != id && !caller.has_role(Role::Admin) {
+        if !caller.may_see(id) {
             return Err(not_found());
         }
         let event = Envelope::new(

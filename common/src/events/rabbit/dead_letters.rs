@@ -2,29 +2,34 @@
 //! one at a time onto the consumer's queue.
 
 use lapin::{
+    message::Delivery,
     options::{BasicAckOptions, BasicGetOptions},
     types::ShortString,
 };
 
 use super::{
-    RabbitBus,
+    Link, RabbitBus,
     message::{attempt_of, properties, publish_confirmed, reason_of},
     topology::dlq_name,
     unavailable,
 };
 use crate::events::{BusError, DeadLetter, Envelope};
 
-pub(super) async fn list(bus: &RabbitBus, consumer: &str) -> Result<Vec<DeadLetter>, BusError> {
-    let link = bus.open().await?;
-    let mut letters = Vec::new();
-    // Unacknowledged gets go back to the queue when the channel closes.
-    while let Some(message) = link
+/// The next message of `consumer`'s dead-letter queue, if any. Unacknowledged gets go back to
+/// the queue when the channel closes.
+async fn next(link: &Link, consumer: &str) -> Result<Option<Delivery>, BusError> {
+    let message = link
         .channel
         .basic_get(dlq_name(consumer).into(), BasicGetOptions::default())
         .await
-        .map_err(unavailable)?
-    {
-        let delivery = message.delivery;
+        .map_err(unavailable)?;
+    Ok(message.map(|message| message.delivery))
+}
+
+pub(super) async fn list(bus: &RabbitBus, consumer: &str) -> Result<Vec<DeadLetter>, BusError> {
+    let link = bus.open().await?;
+    let mut letters = Vec::new();
+    while let Some(delivery) = next(&link, consumer).await? {
         let envelope = Envelope::decode(&delivery.data).map_err(unavailable)?;
         letters.push(DeadLetter {
             envelope,
@@ -43,13 +48,7 @@ pub(super) async fn replay(
 ) -> Result<(), BusError> {
     let link = bus.open().await?;
     let mut found = false;
-    while let Some(message) = link
-        .channel
-        .basic_get(dlq_name(consumer).into(), BasicGetOptions::default())
-        .await
-        .map_err(unavailable)?
-    {
-        let delivery = message.delivery;
+    while let Some(delivery) = next(&link, consumer).await? {
         if delivery
             .properties
             .message_id()

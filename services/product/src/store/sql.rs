@@ -8,7 +8,11 @@ use shop_common::{
     paging::Cursor,
     storage::{Db, is_unique_violation},
 };
-use sqlx::{AnyConnection, Row as _, any::AnyRow};
+use sqlx::{
+    Any, AnyConnection, Row as _,
+    any::{AnyArguments, AnyRow},
+    query::Query,
+};
 
 use super::{
     ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns,
@@ -33,6 +37,24 @@ fn like_pattern(text: &str) -> String {
         .replace('%', "\\%")
         .replace('_', "\\_");
     format!("%{escaped}%")
+}
+
+/// Binds the fields a client sets, in the order both writing statements list them.
+fn bind_fields<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    f: &'q ProductFields,
+) -> Result<Query<'q, Any, AnyArguments>, Error> {
+    let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
+    Ok(query
+        .bind(&f.sku)
+        .bind(&f.name)
+        .bind(&f.description)
+        .bind(&f.category)
+        .bind(f.price_minor)
+        .bind(&f.currency)
+        .bind(&f.image_url)
+        .bind(attributes)
+        .bind(f.search_text()))
 }
 
 fn sku_taken_or(error: sqlx::Error, sku: &str) -> Error {
@@ -223,9 +245,8 @@ impl ProductStore for SqlStore {
     fn create<'a>(&'a self, product: &'a NewProduct) -> BoxFuture<'a, Result<Product, Error>> {
         Box::pin(async move {
             let f = &product.fields;
-            let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
             let now = now_ms();
-            let row = sqlx::query(concat!(
+            let query = sqlx::query(concat!(
                 "INSERT INTO products (product_id, sku, name, description, category,
                      price_minor, currency, image_url, attributes, search_text, stock,
                      version, created_at_ms, updated_at_ms)
@@ -233,21 +254,13 @@ impl ProductStore for SqlStore {
                  RETURNING ",
                 product_columns!()
             ))
-            .bind(&product.id)
-            .bind(&f.sku)
-            .bind(&f.name)
-            .bind(&f.description)
-            .bind(&f.category)
-            .bind(f.price_minor)
-            .bind(&f.currency)
-            .bind(&f.image_url)
-            .bind(attributes)
-            .bind(f.search_text())
-            .bind(product.stock)
-            .bind(now)
-            .fetch_one(self.db.pool())
-            .await
-            .map_err(|e| sku_taken_or(e, &f.sku))?;
+            .bind(&product.id);
+            let row = bind_fields(query, f)?
+                .bind(product.stock)
+                .bind(now)
+                .fetch_one(self.db.pool())
+                .await
+                .map_err(|e| sku_taken_or(e, &f.sku))?;
             Self::product(&row)
         })
     }
@@ -313,8 +326,7 @@ impl ProductStore for SqlStore {
     ) -> BoxFuture<'a, Result<Product, Error>> {
         Box::pin(async move {
             let f = &update.fields;
-            let attributes = serde_json::to_string(&f.attributes).map_err(Error::internal)?;
-            let row = sqlx::query(concat!(
+            let query = sqlx::query(concat!(
                 "UPDATE products SET sku = $3, name = $4, description = $5, category = $6,
                      price_minor = $7, currency = $8, image_url = $9, attributes = $10,
                      search_text = $11, stock = $12, version = version + 1,
@@ -324,21 +336,13 @@ impl ProductStore for SqlStore {
                 product_columns!()
             ))
             .bind(id)
-            .bind(update.expected_version)
-            .bind(&f.sku)
-            .bind(&f.name)
-            .bind(&f.description)
-            .bind(&f.category)
-            .bind(f.price_minor)
-            .bind(&f.currency)
-            .bind(&f.image_url)
-            .bind(attributes)
-            .bind(f.search_text())
-            .bind(update.stock)
-            .bind(now_ms())
-            .fetch_optional(self.db.pool())
-            .await
-            .map_err(|e| sku_taken_or(e, &f.sku))?;
+            .bind(update.expected_version);
+            let row = bind_fields(query, f)?
+                .bind(update.stock)
+                .bind(now_ms())
+                .fetch_optional(self.db.pool())
+                .await
+                .map_err(|e| sku_taken_or(e, &f.sku))?;
             match row {
                 Some(row) => Self::product(&row),
                 None => match self.get(id).await? {
