@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use shop::{
     dlq::{self, DlqArgs},
     load::{self, LoadArgs},
+    probe::{self, ProbeArgs},
     up::{self, UpArgs},
 };
 use shop_common::{
@@ -28,6 +29,8 @@ enum Command {
     Up(UpArgs),
     /// Load an HTTP endpoint (the gateway) and report throughput and latency.
     Load(LoadArgs),
+    /// Health-check gRPC servers and GET URLs: exits 0 when every check passes.
+    Probe(ProbeArgs),
     /// Inspect and replay events.
     #[command(subcommand)]
     Events(EventsCommand),
@@ -50,6 +53,22 @@ async fn main() -> ExitCode {
             Ok(report) => {
                 println!("{report}");
                 ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("error: {error}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Probe(args) => match probe::run(&args).await {
+            Ok(checks) => {
+                for check in &checks {
+                    println!("{check}");
+                }
+                if checks.iter().all(|c| c.outcome.is_ok()) {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
             Err(error) => {
                 eprintln!("error: {error}");

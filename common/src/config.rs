@@ -102,6 +102,20 @@ pub fn value_or_file(
     }
 }
 
+/// A secret setting with a default: given directly, through `NAME_FILE`, or else `default`
+/// (a local-run value such as an SQLite file, never a real credential).
+pub fn secret_or_default(
+    name: &str,
+    value: Option<String>,
+    file: Option<&Path>,
+    default: &str,
+) -> Result<Secret, ConfigError> {
+    Ok(
+        value_or_file(name, value, file)?
+            .map_or_else(|| Secret::new(default), |(secret, _)| secret),
+    )
+}
+
 /// Shutdown behaviour of a server, shared by every service binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShutdownArgs {
@@ -185,9 +199,25 @@ pub struct MetricsArgs {
 /// Where a service's events go and come from.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct EventArgs {
-    /// RabbitMQ URL. Unset: events wait in the outbox and nothing is consumed.
+    /// RabbitMQ URL. Unset (and no file): events wait in the outbox and nothing is consumed.
     #[arg(long, env = "AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
+
+    /// File holding the RabbitMQ URL (with its password), as a secret store mounts it.
+    #[arg(long, env = "AMQP_URL_FILE")]
+    pub amqp_url_file: Option<PathBuf>,
+}
+
+impl EventArgs {
+    /// The broker URL, if one is configured.
+    pub fn url(&self) -> Result<Option<Secret>, ConfigError> {
+        Ok(value_or_file(
+            "AMQP_URL",
+            self.amqp_url.clone(),
+            self.amqp_url_file.as_deref(),
+        )?
+        .map(|(url, _)| url))
+    }
 }
 
 /// What a token must say to be accepted here: who issued it and for whom. Shared by the

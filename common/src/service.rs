@@ -236,6 +236,46 @@ impl Service {
     }
 }
 
+/// What `<service> migrate` does for a service on SQL: applies its migrations, then declares its
+/// queue. Idempotent, so a deployment's migration job may run it at every install and upgrade.
+pub async fn migrate(
+    name: &'static str,
+    setting: &str,
+    url: &str,
+    migrator: &Migrator,
+    events: &EventArgs,
+    consumes: &[&str],
+) -> Result<(), StartError> {
+    let db = Db::connect(setting, url).await?;
+    db.migrate(migrator).await?;
+    tracing::info!(
+        service = name,
+        backend = db.backend().name(),
+        "migrations applied"
+    );
+    declare_queue(name, events, consumes).await
+}
+
+/// Declares the queue and bindings of a service that consumes `consumes`, when a broker is
+/// configured, so events published before its first start wait for it instead of being
+/// unroutable.
+pub async fn declare_queue(
+    name: &'static str,
+    events: &EventArgs,
+    consumes: &[&str],
+) -> Result<(), StartError> {
+    let Some(url) = events.url()? else {
+        return Ok(());
+    };
+    if consumes.is_empty() {
+        return Ok(());
+    }
+    let bus = RabbitBus::connect(url.expose()).await?;
+    bus.declare(&[Subscription::new(name, consumes)]).await?;
+    tracing::info!(service = name, "event queue declared");
+    Ok(())
+}
+
 async fn finish(stop: CancellationToken, mut tasks: JoinSet<()>) {
     stop.cancel();
     while let Some(joined) = tasks.join_next().await {

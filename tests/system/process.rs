@@ -169,3 +169,47 @@ async fn a_secret_file_is_read_and_its_content_checked() -> anyhow::Result<()> {
     wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(10)).await?;
     Ok(())
 }
+
+/// `shop probe`, as the chart's `helm test` pod runs it: every check passes against a running
+/// system, and one dead address makes it fail, naming that address.
+#[tokio::test]
+async fn shop_probe_passes_on_a_running_system_and_names_what_is_down() -> anyhow::Result<()> {
+    let mut child = shop().spawn()?;
+    let endpoints = endpoints(&mut child).await?;
+    let mut probe = Command::new(env!("CARGO_BIN_EXE_shop"));
+    probe.args(["probe", "--wait", "10s"]);
+    for service in [
+        "user-service",
+        "product-service",
+        "order-service",
+        "payment-service",
+    ] {
+        let address = endpoints.get(service).context("service in the table")?;
+        probe.args(["--grpc", &format!("http://{address}")]);
+    }
+    let gateway = endpoints.get("gateway").context("gateway")?;
+    probe.args(["--http", &format!("{gateway}/v1/products?pageSize=1")]);
+    let output = tokio::time::timeout(Duration::from_secs(30), probe.output()).await??;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("ok ")).count(),
+        5,
+        "{stdout}"
+    );
+
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let output = Command::new(env!("CARGO_BIN_EXE_shop"))
+        .args(["probe", "--timeout", "2s", "--grpc"])
+        .arg(format!("http://{dead}"))
+        .args(["--http", &format!("{gateway}/v1/products?pageSize=1")])
+        .output()
+        .await?;
+    let stdout = String::from_utf8(output.stdout)?;
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(&format!("FAIL  grpc http://{dead}")),
+        "{stdout}"
+    );
+    Ok(())
+}

@@ -7,4 +7,4 @@ mod server;
 
 pub use context::{REQUEST_ID_HEADER, RequestContextLayer};
 pub use red::RedMetricsLayer;
-pub use server::{GrpcServer, ServeError};
+pub use server::{GrpcServer, LIVENESS, ServeError};

@@ -21,6 +21,9 @@ use super::{RedMetricsLayer, RequestContextLayer, abortable::Abortable};
 use crate::{auth::AuthLayer, config::ShutdownArgs};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+/// A health entry that is SERVING for as long as the process serves at all, draining included:
+/// what a liveness probe asks, so a service that is only not ready is never restarted.
+pub const LIVENESS: &str = "liveness";
 const REFLECTION_SERVICES: [&str; 2] = [
     "grpc.reflection.v1.ServerReflection",
     "grpc.reflection.v1alpha.ServerReflection",
@@ -126,6 +129,9 @@ impl GrpcServer {
             .chain(services.iter().copied())
             .collect();
         set_status(&health, &health_names, ServingStatus::NotServing).await;
+        health
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
 
         routes.add_service(reflection(&descriptor_sets, &services).build_v1()?);
         routes.add_service(reflection(&descriptor_sets, &services).build_v1alpha()?);

@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::{ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, value_or_file};
+use shop_common::config::{
+    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default, value_or_file,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -14,14 +16,13 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start.
-    #[arg(
-        long,
-        env = "ORDER_DATABASE_URL",
-        default_value = "sqlite://data/order.db",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start. Default: `sqlite://data/order.db`.
+    #[arg(long, env = "ORDER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// File holding the database URL (with its password), as a secret store mounts it.
+    #[arg(long, env = "ORDER_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
 
     /// user-service: the JWKS that verifies callers, and this service's own token.
     #[arg(
@@ -71,6 +72,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// The database URL: given, from its file, or the local SQLite file.
+    pub(crate) fn database_url(&self) -> Result<Secret, ConfigError> {
+        secret_or_default(
+            "ORDER_DATABASE_URL",
+            self.database_url.clone(),
+            self.database_url_file.as_deref(),
+            "sqlite://data/order.db",
+        )
+    }
+
     /// Defaults for a local run, as `shop up` and the tests start it.
     pub fn local(
         listen: SocketAddr,
@@ -81,7 +92,8 @@ impl Config {
     ) -> Self {
         Self {
             listen,
-            database_url,
+            database_url: Some(database_url),
+            database_url_file: None,
             events: EventArgs::default(),
             user_service_url,
             product_service_url,

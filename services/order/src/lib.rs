@@ -18,7 +18,7 @@ pub use events::CONSUMES;
 use shop_common::{
     auth::ServiceToken,
     client::lazy_channel,
-    service::{Service, Start, StartError},
+    service::{self, Service, Start, StartError},
 };
 use shop_proto::{
     order::v1::order_service_server::OrderServiceServer,
@@ -47,7 +47,11 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     };
     let mut service = Service::start(NAME, start, &config.events).await?;
     let db = service
-        .database("ORDER_DATABASE_URL", &config.database_url, &store::MIGRATOR)
+        .database(
+            "ORDER_DATABASE_URL",
+            config.database_url()?.expose(),
+            &store::MIGRATOR,
+        )
         .await?;
     let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
     let orders = Arc::new(Orders {
@@ -72,4 +76,18 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         .add_service(OrderServiceServer::new(OrderApi { orders }))
         .with_auth(keys.auth(api::policy()));
     service.serve(server).await
+}
+
+/// `order-service migrate`: applies the migrations (and declares the event queue), then exits.
+pub async fn migrate(config: Config) -> Result<(), StartError> {
+    let url = config.database_url()?;
+    service::migrate(
+        NAME,
+        "ORDER_DATABASE_URL",
+        url.expose(),
+        &store::MIGRATOR,
+        &config.events,
+        CONSUMES,
+    )
+    .await
 }

@@ -1,8 +1,10 @@
 //! Settings of the payment service, from flags or the environment.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::{EventArgs, JwtArgs, ShutdownArgs};
+use shop_common::config::{
+    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -14,14 +16,13 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start.
-    #[arg(
-        long,
-        env = "PAYMENT_DATABASE_URL",
-        default_value = "sqlite://data/payment.db",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// `postgres://…` or `sqlite://path` (created if missing); migrations run at start. Default: `sqlite://data/payment.db`.
+    #[arg(long, env = "PAYMENT_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// File holding the database URL (with its password), as a secret store mounts it.
+    #[arg(long, env = "PAYMENT_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
 
     /// user-service, whose JWKS verifies callers' tokens.
     #[arg(
@@ -55,11 +56,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The database URL: given, from its file, or the local SQLite file.
+    pub(crate) fn database_url(&self) -> Result<Secret, ConfigError> {
+        secret_or_default(
+            "PAYMENT_DATABASE_URL",
+            self.database_url.clone(),
+            self.database_url_file.as_deref(),
+            "sqlite://data/payment.db",
+        )
+    }
+
     /// Defaults for a local run, as `shop up` and the tests start it.
     pub fn local(listen: SocketAddr, database_url: String, user_service_url: String) -> Self {
         Self {
             listen,
-            database_url,
+            database_url: Some(database_url),
+            database_url_file: None,
             events: EventArgs::default(),
             user_service_url,
             provider_timeout: Duration::from_secs(10),

@@ -15,7 +15,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use events::CONSUMES;
 pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
-use shop_common::service::{Service, Start, StartError};
+use shop_common::service::{self, Service, Start, StartError};
 use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
 
 use crate::{api::PaymentApi, payments::Payments, store::PaymentStore};
@@ -38,7 +38,7 @@ pub async fn serve_with(
     let db = service
         .database(
             "PAYMENT_DATABASE_URL",
-            &config.database_url,
+            config.database_url()?.expose(),
             &store::MIGRATOR,
         )
         .await?;
@@ -60,4 +60,18 @@ pub async fn serve_with(
         .add_service(PaymentServiceServer::new(PaymentApi { payments }))
         .with_auth(keys.auth(api::policy()));
     service.serve(server).await
+}
+
+/// `payment-service migrate`: applies the migrations (and declares the event queue), then exits.
+pub async fn migrate(config: Config) -> Result<(), StartError> {
+    let url = config.database_url()?;
+    service::migrate(
+        NAME,
+        "PAYMENT_DATABASE_URL",
+        url.expose(),
+        &store::MIGRATOR,
+        &config.events,
+        CONSUMES,
+    )
+    .await
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use events::CONSUMES;
 use shop_common::{
-    service::{Service, Start, StartError},
+    service::{self, Service, Start, StartError},
     storage::Backend,
 };
 use shop_proto::product::v1::product_service_server::ProductServiceServer;
@@ -32,7 +32,7 @@ pub const NAME: &str = "product-service";
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let mut service = Service::start(NAME, start, &config.events).await?;
     let catalogue = Arc::new(Catalogue {
-        store: open_store(&service, &config.database_url).await?,
+        store: open_store(&service, config.database_url()?.expose()).await?,
     });
     if config.seed_demo_catalogue {
         catalogue
@@ -64,6 +64,31 @@ async fn open_store(service: &Service, url: &str) -> Result<Arc<dyn ProductStore
         Backend::Postgres | Backend::Sqlite => {
             let db = service.database(SETTING, url, &store::MIGRATOR).await?;
             Ok(Arc::new(SqlStore::new(db)))
+        }
+    }
+}
+
+/// `product-service migrate`: applies the SQL migrations or creates the MongoDB indexes (and
+/// declares the event queue), then exits.
+pub async fn migrate(config: Config) -> Result<(), StartError> {
+    const SETTING: &str = "PRODUCT_DATABASE_URL";
+    let url = config.database_url()?;
+    match Backend::of(SETTING, url.expose())? {
+        Backend::MongoDb => {
+            MongoStore::connect(SETTING, url.expose()).await?;
+            tracing::info!(service = NAME, backend = "mongodb", "indexes ready");
+            service::declare_queue(NAME, &config.events, CONSUMES).await
+        }
+        Backend::Postgres | Backend::Sqlite => {
+            service::migrate(
+                NAME,
+                SETTING,
+                url.expose(),
+                &store::MIGRATOR,
+                &config.events,
+                CONSUMES,
+            )
+            .await
         }
     }
 }

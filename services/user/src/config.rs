@@ -3,7 +3,9 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use shop_common::config::{ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, value_or_file};
+use shop_common::config::{
+    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default, value_or_file,
+};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -15,14 +17,13 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// `postgres://…` or `sqlite://path` (created if missing).
-    #[arg(
-        long,
-        env = "USER_DATABASE_URL",
-        default_value = "sqlite://data/user.db",
-        hide_env_values = true
-    )]
-    pub database_url: String,
+    /// `postgres://…` or `sqlite://path` (created if missing). Default: `sqlite://data/user.db`.
+    #[arg(long, env = "USER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// File holding the database URL (with its password), as a secret store mounts it.
+    #[arg(long, env = "USER_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
 
     /// PEM RSA private key that signs new tokens.
     #[arg(long, env = "USER_SIGNING_KEY", hide_env_values = true)]
@@ -100,11 +101,22 @@ pub struct SeedUser {
 }
 
 impl Config {
+    /// The database URL: given, from its file, or the local SQLite file.
+    pub(crate) fn database_url(&self) -> Result<Secret, ConfigError> {
+        secret_or_default(
+            "USER_DATABASE_URL",
+            self.database_url.clone(),
+            self.database_url_file.as_deref(),
+            "sqlite://data/user.db",
+        )
+    }
+
     /// Defaults for a local run on `database_url`, as `shop up` and the tests start it.
     pub fn local(listen: SocketAddr, database_url: String) -> Self {
         Self {
             listen,
-            database_url,
+            database_url: Some(database_url),
+            database_url_file: None,
             events: EventArgs::default(),
             signing_key: None,
             signing_key_file: None,

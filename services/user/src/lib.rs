@@ -18,7 +18,7 @@ pub use keys::{KeyError, SigningKeys};
 use shop_common::{
     auth::{AuthLayer, Verifier},
     config::ConfigError,
-    service::{Service, Start, StartError},
+    service::{self, Service, Start, StartError},
 };
 use shop_proto::user::v1::user_service_server::UserServiceServer;
 
@@ -38,7 +38,11 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let seeds = config.accounts_to_seed()?;
     let mut service = Service::start(NAME, start, &config.events).await?;
     let db = service
-        .database("USER_DATABASE_URL", &config.database_url, &store::MIGRATOR)
+        .database(
+            "USER_DATABASE_URL",
+            config.database_url()?.expose(),
+            &store::MIGRATOR,
+        )
         .await?;
     tracing::info!(
         kid = keys.signing_kid(),
@@ -104,4 +108,18 @@ fn signing_keys(config: &Config) -> Result<SigningKeys, ConfigError> {
             "is required (or USER_SIGNING_KEY); for a throw-away key in local runs set USER_ALLOW_GENERATED_KEY=true",
         )),
     }
+}
+
+/// `user-service migrate`: applies the migrations (and declares the event queue), then exits.
+pub async fn migrate(config: Config) -> Result<(), StartError> {
+    let url = config.database_url()?;
+    service::migrate(
+        NAME,
+        "USER_DATABASE_URL",
+        url.expose(),
+        &store::MIGRATOR,
+        &config.events,
+        &[],
+    )
+    .await
 }

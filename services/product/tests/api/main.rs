@@ -3,6 +3,7 @@
 //! backend that is not configured is skipped, and says so.
 
 mod helpers;
+mod migrate;
 mod suite;
 
 macro_rules! on_every_backend {

@@ -58,3 +58,35 @@ fn a_database_url_of_another_kind_is_refused() -> anyhow::Result<()> {
     assert!(stderr.contains("USER_DATABASE_URL"), "{stderr}");
     Ok(())
 }
+
+/// `user-service migrate`, as the chart's migration job runs it: the URL comes from a file, the
+/// schema is applied, and the binary exits 0 without serving; run again, it changes nothing.
+#[test]
+fn migrate_applies_the_schema_from_a_url_file_and_exits() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let db_path = dir.path().join("migrated.db");
+    let url_file = dir.path().join("database-url");
+    std::fs::write(&url_file, format!("sqlite://{}\n", db_path.display()))?;
+    for run in 1..=2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+            .arg("migrate")
+            .env_clear()
+            .env("USER_DATABASE_URL_FILE", &url_file)
+            .env("RUST_LOG", "error")
+            .output()?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert_eq!(output.status.code(), Some(0), "run {run}: {stderr}");
+    }
+    assert!(db_path.exists(), "the database was created");
+
+    let missing = dir.path().join("no-such-file");
+    let output = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .arg("migrate")
+        .env_clear()
+        .env("USER_DATABASE_URL_FILE", &missing)
+        .output()?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("USER_DATABASE_URL_FILE"), "{stderr}");
+    Ok(())
+}
