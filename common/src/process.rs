@@ -39,7 +39,14 @@ where
     Fut: Future<Output = Result<(), E>>,
     E: std::error::Error + 'static,
 {
-    main_of(name, listen_setting, listen, serve, None::<NoMigrations<C, E>>).await
+    main_of(
+        name,
+        listen_setting,
+        listen,
+        serve,
+        None::<NoMigrations<C, E>>,
+    )
+    .await
 }
 
 /// [`service_main`] for a service with a database: `<binary> migrate` applies its migrations
