@@ -9,7 +9,8 @@ use shop::{
 };
 use shop_common::{
     config::{TelemetryArgs, exit_on_config_error},
-    shutdown, telemetry,
+    shutdown,
+    telemetry::{self, Telemetry},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -48,7 +49,7 @@ async fn main() -> ExitCode {
     let telemetry =
         telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
     let code = match cli.command {
-        Command::Up(args) => run_up(&args).await,
+        Command::Up(args) => run_up(&args, &telemetry).await,
         Command::Load(args) => match load::run(&args).await {
             Ok(report) => {
                 println!("{report}");
@@ -90,9 +91,9 @@ async fn main() -> ExitCode {
     code
 }
 
-async fn run_up(args: &UpArgs) -> ExitCode {
+async fn run_up(args: &UpArgs, telemetry: &Telemetry) -> ExitCode {
     let token = CancellationToken::new();
-    let system = match up::start(args, token.clone()).await {
+    let system = match up::start(args, Some(telemetry), token.clone()).await {
         Ok(system) => system,
         Err(up::StartError::Config(error)) => exit_on_config_error(&error),
         Err(error) => {

@@ -14,9 +14,11 @@ use shop_common::{
     metrics,
     service::Start,
     storage::{StorageError, database_on},
+    telemetry::Telemetry,
 };
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::{Dispatch, instrument::WithSubscriber as _};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -149,7 +151,13 @@ pub struct System {
 }
 
 /// Binds every listener first, so a taken port fails before anything runs, then starts each part.
-pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System, StartError> {
+/// With `telemetry`, each service logs and traces under its own `service.name`; without (tests
+/// that need no traces), everything runs in the process's default dispatch.
+pub async fn start(
+    args: &UpArgs,
+    telemetry: Option<&Telemetry>,
+    shutdown: CancellationToken,
+) -> Result<System, StartError> {
     let listen = |port| SocketAddr::new(args.bind, port);
     let user = bind("--user-port", listen(args.user_port)).await?;
     let product = bind("--product-port", listen(args.product_port)).await?;
@@ -182,6 +190,10 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
 
     let mut parts = JoinSet::new();
     let token = || shutdown.clone();
+    let dispatch = |name: &str| match telemetry {
+        Some(telemetry) => telemetry.dispatch(name),
+        None => Ok(tracing::dispatcher::get_default(Dispatch::clone)),
+    };
     let start = |listener| Start::new(listener, shutdown.clone()).with_bus(bus.clone());
     let timing = &args.shutdown;
     let mut user_config =
@@ -204,6 +216,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     ));
     user_config.service_clients = Some(format!("order-service:{}", order_secret.expose()));
     parts.spawn(part(
+        dispatch(user_service::NAME)?,
         user_service::NAME,
         user_service::serve(user_config, start(user)),
     ));
@@ -219,6 +232,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     product_config.shutdown = timing.clone();
     product_config.seed_demo_catalogue = true;
     parts.spawn(part(
+        dispatch(product_service::NAME)?,
         product_service::NAME,
         product_service::serve(product_config, start(product)),
     ));
@@ -231,6 +245,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     );
     order_config.shutdown = timing.clone();
     parts.spawn(part(
+        dispatch(order_service::NAME)?,
         order_service::NAME,
         order_service::serve(order_config, start(order)),
     ));
@@ -241,6 +256,7 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     );
     payment_config.shutdown = timing.clone();
     parts.spawn(part(
+        dispatch(payment_service::NAME)?,
         payment_service::NAME,
         payment_service::serve(payment_config, start(payment)),
     ));
@@ -255,10 +271,15 @@ pub async fn start(args: &UpArgs, shutdown: CancellationToken) -> Result<System,
     );
     gateway_config.kong_config.clone_from(&args.kong_config);
     parts.spawn(part(
+        dispatch(gateway::NAME)?,
         gateway::NAME,
         gateway::serve(gateway_config, Start::new(gateway, token())),
     ));
-    parts.spawn(part("metrics", metrics::serve(metrics, token())));
+    parts.spawn(part(
+        dispatch("metrics")?,
+        "metrics",
+        metrics::serve(metrics, token()),
+    ));
     Ok(System {
         endpoints,
         parts,
@@ -288,14 +309,19 @@ impl System {
     }
 }
 
+/// One part of the system, run in its own dispatch.
 async fn part<E: fmt::Display>(
+    dispatch: Dispatch,
     name: &'static str,
     serve: impl Future<Output = Result<(), E>>,
 ) -> Result<(), PartFailed> {
-    serve.await.map_err(|e| PartFailed {
-        part: name,
-        message: e.to_string(),
-    })
+    serve
+        .with_subscriber(dispatch)
+        .await
+        .map_err(|e| PartFailed {
+            part: name,
+            message: e.to_string(),
+        })
 }
 
 /// Service `name`'s database: its own on the PostgreSQL server if one is given, else an SQLite

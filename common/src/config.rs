@@ -160,6 +160,24 @@ pub struct TelemetryArgs {
     /// File holding the OTLP headers, as a secret store mounts it.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS_FILE")]
     pub otlp_headers_file: Option<PathBuf>,
+
+    /// Which spans are exported, in env-filter syntax, independently of `RUST_LOG`: quieter
+    /// logs must not cost traces.
+    #[arg(long, env = "OTEL_TRACES_FILTER", default_value = "info")]
+    pub trace_filter: String,
+
+    /// Sampler of new traces: `parentbased_always_on`, `parentbased_traceidratio`,
+    /// `parentbased_always_off`, `always_on`, `always_off` or `traceidratio`.
+    #[arg(
+        long,
+        env = "OTEL_TRACES_SAMPLER",
+        default_value = "parentbased_always_on"
+    )]
+    pub trace_sampler: String,
+
+    /// The ratio of the `traceidratio` samplers, 0.0 to 1.0.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub trace_sampler_arg: Option<String>,
 }
 
 impl Default for TelemetryArgs {
@@ -170,6 +188,9 @@ impl Default for TelemetryArgs {
             otlp_endpoint: None,
             otlp_headers: None,
             otlp_headers_file: None,
+            trace_filter: "info".to_owned(),
+            trace_sampler: "parentbased_always_on".to_owned(),
+            trace_sampler_arg: None,
         }
     }
 }

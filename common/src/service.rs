@@ -8,6 +8,7 @@ use std::{future::Future, sync::Arc};
 use sqlx::migrate::Migrator;
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber as _;
 
 use crate::{
     auth::RemoteKeys,
@@ -204,9 +205,10 @@ impl Service {
         Ok(())
     }
 
-    /// Runs `task` until it ends by itself or on [`Service::stopping`].
+    /// Runs `task` until it ends by itself or on [`Service::stopping`], in this service's
+    /// dispatch (its logs and spans name it).
     pub fn spawn(&mut self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
+        self.tasks.spawn(task.with_current_subscriber());
     }
 
     /// The server kit for this service: health, reflection, grpc-web, metrics, drain.

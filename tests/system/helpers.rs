@@ -30,7 +30,7 @@ impl Drop for TestSystem {
 pub(crate) async fn spawn_system() -> anyhow::Result<TestSystem> {
     let shutdown = CancellationToken::new();
     let data = tempfile::tempdir()?;
-    let system = up::start(&UpArgs::ephemeral(data.path()), shutdown.clone()).await?;
+    let system = up::start(&UpArgs::ephemeral(data.path()), None, shutdown.clone()).await?;
     Ok(TestSystem {
         endpoints: system.endpoints,
         shutdown,

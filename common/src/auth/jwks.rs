@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::client::TracedChannel;
 use jsonwebtoken::jwk::{
     AlgorithmParameters, CommonParameters, Jwk, JwkSet, KeyAlgorithm, PublicKeyUse,
     RSAKeyParameters, RSAKeyType,
@@ -14,7 +15,6 @@ use jsonwebtoken::jwk::{
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use super::Verifier;
 use crate::{BoxFuture, config::ConfigError};
@@ -67,7 +67,7 @@ pub trait KeySource: Send + Sync {
 
 /// Fetches the JWKS from user-service over gRPC.
 pub struct JwksClient {
-    client: UserServiceClient<Channel>,
+    client: UserServiceClient<TracedChannel>,
     verifier: Arc<Verifier>,
     min_interval: Duration,
     last_fetch: Mutex<Option<Instant>>,

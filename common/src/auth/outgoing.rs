@@ -9,10 +9,12 @@ use tokio::sync::Mutex;
 use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, MetadataValue},
-    transport::Channel,
 };
 
-use crate::config::{ConfigError, Secret};
+use crate::{
+    client::TracedChannel,
+    config::{ConfigError, Secret},
+};
 
 const AUTHORIZATION: &str = "authorization";
 
@@ -25,7 +27,7 @@ pub fn forward_token<A, B>(incoming: &Request<A>, outgoing: &mut Request<B>) {
 
 /// This service's own `service` token, for internal-only methods (stock reservation).
 pub struct ServiceToken {
-    client: UserServiceClient<Channel>,
+    client: UserServiceClient<TracedChannel>,
     client_id: String,
     client_secret: Secret,
     cached: Mutex<Option<(AsciiMetadataValue, Instant)>>,

@@ -9,12 +9,20 @@ use std::{
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+use tracing::{Instrument as _, instrument::WithSubscriber as _};
+
 use crate::BoxFuture;
 
 use super::{
     BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, HandlerError,
-    RetryPolicy, Subscription, handling, metrics::events as metrics, topic,
+    RetryPolicy, Subscription,
+    handling::{self, Carried},
+    metrics::events as metrics,
+    topic,
 };
+
+/// `messaging.system` of this bus's spans.
+const SYSTEM: &str = "shop.in_process";
 
 /// Cheap to clone; clones share the queues.
 #[derive(Clone, Default)]
@@ -25,6 +33,7 @@ pub struct InProcessBus {
 #[derive(Debug, Clone)]
 struct Delivery {
     envelope: Envelope,
+    carried: Carried,
     attempt: u32,
 }
 
@@ -111,26 +120,31 @@ impl InProcessBus {
 
 impl EventPublisher for InProcessBus {
     fn publish<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async move {
-            let queues: Vec<Arc<Queue>> = lock(&self.queues).values().cloned().collect();
-            for queue in queues {
-                let routed = lock(&queue.state)
-                    .routing_keys
-                    .iter()
-                    .any(|pattern| topic::matches(pattern, envelope.event_type()));
-                if routed {
-                    queue.push(Delivery {
-                        envelope: envelope.clone(),
-                        attempt: 1,
-                    });
+        let (span, carried) = handling::publishing(SYSTEM, envelope);
+        Box::pin(
+            async move {
+                let queues: Vec<Arc<Queue>> = lock(&self.queues).values().cloned().collect();
+                for queue in queues {
+                    let routed = lock(&queue.state)
+                        .routing_keys
+                        .iter()
+                        .any(|pattern| topic::matches(pattern, envelope.event_type()));
+                    if routed {
+                        queue.push(Delivery {
+                            envelope: envelope.clone(),
+                            carried: carried.clone(),
+                            attempt: 1,
+                        });
+                    }
                 }
+                // In memory, handing the event over is the confirm.
+                let labels = [envelope.event_type()];
+                metrics().published.with_label_values(&labels).inc();
+                metrics().confirmed.with_label_values(&labels).inc();
+                Ok(())
             }
-            // In memory, handing the event over is the confirm.
-            let labels = [envelope.event_type()];
-            metrics().published.with_label_values(&labels).inc();
-            metrics().confirmed.with_label_values(&labels).inc();
-            Ok(())
-        })
+            .instrument(span),
+        )
     }
 }
 
@@ -156,15 +170,18 @@ impl EventBus for InProcessBus {
         Box::pin(async move {
             let queue = self.declare_one(&subscription);
             let consumer = subscription.consumer;
-            Ok(tokio::spawn(async move {
-                loop {
-                    let delivery = tokio::select! {
-                        delivery = queue.next() => delivery,
-                        () = shutdown.cancelled() => break,
-                    };
-                    deliver(&consumer, &queue, handler.as_ref(), delivery).await;
+            Ok(tokio::spawn(
+                async move {
+                    loop {
+                        let delivery = tokio::select! {
+                            delivery = queue.next() => delivery,
+                            () = shutdown.cancelled() => break,
+                        };
+                        deliver(&consumer, &queue, handler.as_ref(), delivery).await;
+                    }
                 }
-            }))
+                .with_current_subscriber(),
+            ))
         })
     }
 
@@ -202,6 +219,7 @@ impl EventBus for InProcessBus {
             };
             queue.push(Delivery {
                 envelope: letter.envelope,
+                carried: Carried::default(),
                 attempt: 1,
             });
             Ok(())
@@ -213,7 +231,15 @@ impl EventBus for InProcessBus {
 /// its reason.
 async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, delivery: Delivery) {
     let envelope = &delivery.envelope;
-    let outcome = handling::run(consumer, handler, envelope, delivery.attempt).await;
+    let outcome = handling::run(
+        SYSTEM,
+        consumer,
+        handler,
+        envelope,
+        &delivery.carried,
+        delivery.attempt,
+    )
+    .await;
     let labels = [consumer, envelope.event_type()];
     let reason = match outcome {
         Ok(()) => {
@@ -230,6 +256,7 @@ async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, deli
                     Instant::now() + delay,
                     Delivery {
                         envelope: delivery.envelope.clone(),
+                        carried: delivery.carried.clone(),
                         attempt: delivery.attempt + 1,
                     },
                 ));

@@ -1,5 +1,6 @@
 //! Per-call context: a request id (taken from `x-request-id`, as Envoy sets it, or made up) and
-//! the caller's W3C trace context, both attached to the span the call runs in.
+//! the caller's trace context (W3C or B3), both on the server span the call runs in, which
+//! follows the OpenTelemetry RPC conventions.
 
 use std::{
     future::Future,
@@ -7,11 +8,11 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, HeaderValue, Request, Response};
-use opentelemetry::{global, propagation::Extractor, trace::TraceContextExt as _};
+use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::telemetry::adopt_parent;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
@@ -55,22 +56,23 @@ where
             .headers_mut()
             .insert(REQUEST_ID_HEADER, request_id.clone());
 
+        let path = request.uri().path();
+        let (service, method) = rpc_names(path);
         let span = tracing::info_span!(
-            "grpc",
-            otel.name = %request.uri().path(),
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
             otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = tracing::field::Empty,
             request_id = request_id.to_str().unwrap_or("-"),
-            trace_id = tracing::field::Empty,
         );
-        let parent = global::get_text_map_propagator(|p| p.extract(&Headers(request.headers())));
-        if let Err(error) = span.set_parent(parent) {
-            tracing::debug!(%error, "cannot adopt the caller's trace context");
-        }
-        let trace_id = span.context().span().span_context().trace_id();
-        span.record("trace_id", tracing::field::display(trace_id));
+        adopt_parent(&span, request.headers());
 
-        let call = self.inner.call(request).instrument(span);
+        // Inside the span, so the layers below (metrics, auth) see it as theirs.
+        let call = span.in_scope(|| self.inner.call(request)).instrument(span);
         Box::pin(async move {
             let mut response = call.await?;
             response.headers_mut().insert(REQUEST_ID_HEADER, request_id);
@@ -79,20 +81,15 @@ where
     }
 }
 
+/// `rpc.service` and `rpc.method` of a gRPC path (`/shop.order.v1.OrderService/PlaceOrder`).
+pub(crate) fn rpc_names(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""))
+}
+
 fn new_request_id() -> HeaderValue {
     // A UUID is always a valid header value.
     HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
-}
-
-struct Headers<'a>(&'a HeaderMap);
-
-impl Extractor for Headers<'_> {
-    fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        self.0.keys().map(|k| k.as_str()).collect()
-    }
 }

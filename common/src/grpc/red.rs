@@ -1,21 +1,21 @@
-//! Rate, errors and duration per gRPC method. The status of a call is in the response headers
-//! (trailers-only error responses) or in the trailers at the end of the body, so the body is
-//! wrapped to see the trailers; a body dropped before them counts as CANCELLED.
+//! Rate, errors and duration per gRPC method, and the call's status on its server span. The
+//! status is read as the response passes (see `status.rs`); a body dropped before its trailers
+//! counts as CANCELLED.
 
 use std::{
     collections::HashSet,
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll, ready},
+    task::{Context, Poll},
     time::Instant,
 };
 
-use http::{HeaderMap, Request, Response};
-use http_body::{Body, Frame, SizeHint};
+use http::{Request, Response};
 use tonic::Code;
 use tower::{Layer, Service};
 
+use super::status::{OnStatus, StatusBody, record_on, status_in};
 use crate::metrics;
 
 /// Counts calls per method of the services in `known`; other paths are counted under
@@ -55,7 +55,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
 {
-    type Response = Response<MeteredBody<ResBody>>;
+    type Response = Response<StatusBody<ResBody, Call>>;
     type Error = S::Error;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
 
@@ -77,17 +77,19 @@ where
             if let Some(code) = status_in(response.headers()) {
                 call.finish(code);
             }
-            Ok(response.map(|inner| MeteredBody { inner, call }))
+            Ok(response.map(|inner| StatusBody::new(inner, call)))
         })
     }
 }
 
-/// One call being measured; it records itself exactly once.
+/// One call being measured; it records itself exactly once, in the metrics and on the span it
+/// runs in.
 #[derive(Debug)]
-struct Call {
+pub struct Call {
     service: String,
     method: String,
     started: Instant,
+    span: tracing::Span,
     finished: bool,
 }
 
@@ -107,14 +109,18 @@ impl Call {
             service,
             method,
             started: Instant::now(),
+            span: tracing::Span::current(),
             finished: false,
         }
     }
+}
 
+impl OnStatus for Call {
     fn finish(&mut self, code: Code) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        record_on(&self.span, code);
         let grpc = metrics::grpc();
         grpc.handled
             .with_label_values(&[&self.service, &self.method, code_name(code)])
@@ -129,14 +135,6 @@ impl Drop for Call {
     fn drop(&mut self) {
         self.finish(Code::Cancelled);
     }
-}
-
-fn status_in(headers: &HeaderMap) -> Option<Code> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
-        .map(Code::from_i32)
 }
 
 /// The names go-grpc-prometheus uses, so existing dashboards match.
@@ -159,48 +157,6 @@ fn code_name(code: Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that records the call's status when its trailers go by.
-    pub struct MeteredBody<B> {
-        #[pin]
-        inner: B,
-        call: Call,
-    }
-}
-
-impl<B: Body> Body for MeteredBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(trailers) = frame.trailers_ref() {
-                    this.call
-                        .finish(status_in(trailers).unwrap_or(Code::Unknown));
-                }
-            }
-            Some(Err(_)) => this.call.finish(Code::Unknown),
-            // A body that ends without trailers is a call without a status.
-            None => this.call.finish(Code::Unknown),
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -18,7 +18,7 @@ use tower::Service;
 use tokio_stream::StreamExt as _;
 
 use super::{RedMetricsLayer, RequestContextLayer, abortable::Abortable};
-use crate::{auth::AuthLayer, config::ShutdownArgs};
+use crate::{auth::AuthLayer, config::ShutdownArgs, telemetry::DispatchLayer};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// A health entry that is SERVING for as long as the process serves at all, draining included:
@@ -141,6 +141,7 @@ impl GrpcServer {
             .chain([HEALTH_SERVICE])
             .chain(REFLECTION_SERVICES);
         let layers = tower::ServiceBuilder::new()
+            .layer(DispatchLayer::current())
             .layer(RequestContextLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RedMetricsLayer::new(known))

@@ -25,6 +25,7 @@ use shop_common::{
     client::lazy_channel,
     config::ConfigError,
     service::{Service, Start, StartError},
+    telemetry::DispatchLayer,
 };
 
 use crate::{
@@ -72,7 +73,8 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         )
         .route("/metrics", get(move || metrics::page(prometheus)))
         .fallback(proxy::handle)
-        .with_state(proxy);
+        .with_state(proxy)
+        .layer(DispatchLayer::current());
     service
         .run(|listener, shutdown| async move {
             if let Ok(addr) = listener.local_addr() {

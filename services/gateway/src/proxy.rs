@@ -8,7 +8,9 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
 };
-use tonic::{Code, transport::Channel};
+use shop_common::{client::TracedChannel, telemetry::adopt_parent};
+use tonic::Code;
+use tracing::Instrument as _;
 
 use crate::{
     errors::ApiError,
@@ -23,7 +25,7 @@ use crate::{
 /// the global plugins that are on.
 pub(crate) struct Proxy {
     pub(crate) routes: Routes,
-    pub(crate) channels: Vec<Channel>,
+    pub(crate) channels: Vec<TracedChannel>,
     pub(crate) jwt: Jwt,
     pub(crate) limiter: Option<RateLimiter>,
     pub(crate) correlation: Option<Correlation>,
@@ -40,8 +42,15 @@ pub(crate) async fn handle(
     let started = Instant::now();
     let headers = request.headers().clone();
     let request_id = proxy.correlation.as_ref().map(|c| c.id(&headers));
+    let span = server_span(&request, request_id.as_deref());
     let (mut response, service, route) =
-        route_and_call(&proxy, peer, request, request_id.as_deref()).await;
+        route_and_call(&proxy, peer, request, request_id.as_deref())
+            .instrument(span.clone())
+            .await;
+    span.record("http.response.status_code", response.status().as_u16());
+    if response.status().is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
     if let Some(cors) = &proxy.cors {
         cors.decorate(&headers, response.headers_mut());
     }
@@ -57,6 +66,23 @@ pub(crate) async fn handle(
         .metrics
         .record(&service, &route, response.status(), started.elapsed());
     response
+}
+
+/// The server span of one REST request, joined to the caller's trace (W3C or B3); the upstream
+/// gRPC call is its child, and carries it on.
+fn server_span(request: &Request, request_id: Option<&str>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{} {}", request.method(), request.uri().path()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        url.path = %request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+        request_id = request_id.unwrap_or("-"),
+    );
+    adopt_parent(&span, request.headers());
+    span
 }
 
 /// The response with the Kong service and route names it is counted under.

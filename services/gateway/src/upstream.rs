@@ -8,7 +8,8 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use tonic::{Code, transport::Channel};
+use shop_common::client::TracedChannel;
+use tonic::Code;
 
 use crate::{codec::DynamicCodec, errors::ApiError, routing::Upstream, rules::Rule, transcode};
 
@@ -16,18 +17,13 @@ use crate::{codec::DynamicCodec, errors::ApiError, routing::Upstream, rules::Rul
 const UPSTREAM_DEADLINE: Duration = Duration::from_secs(30);
 
 /// Headers that travel on to the gRPC service.
-const FORWARDED: [&str; 5] = [
-    "authorization",
-    "traceparent",
-    "tracestate",
-    "b3",
-    "x-b3-traceid",
-];
+/// Trace context is not among them: the upstream call is a span of its own and carries it.
+const FORWARDED: [&str; 1] = ["authorization"];
 
 /// Where a request goes: the upstream's channel and the method's http rule with the path
 /// variables it bound.
 pub(crate) struct Target<'a> {
-    pub(crate) channel: Channel,
+    pub(crate) channel: TracedChannel,
     pub(crate) upstream: &'a Upstream,
     pub(crate) rule: &'a Rule,
     pub(crate) bound: &'a [(String, String)],

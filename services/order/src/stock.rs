@@ -3,17 +3,18 @@
 
 use std::time::Duration;
 
+use shop_common::client::TracedChannel;
 use shop_common::{Error, auth::ServiceToken};
 use shop_proto::product::v1::{
     ReleaseStockRequest, ReserveStockRequest, StockItem,
     product_service_client::ProductServiceClient,
 };
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Request, Status};
 
 use crate::domain::{Checkout, Item};
 
 pub(crate) struct Stock {
-    pub(crate) products: ProductServiceClient<Channel>,
+    pub(crate) products: ProductServiceClient<TracedChannel>,
     pub(crate) service_token: ServiceToken,
     /// Deadline of each call.
     pub(crate) deadline: Duration,

@@ -70,6 +70,11 @@ impl Payments {
     }
 
     /// The provider's answer after up to `attempts` tries: the charge reference, or why not.
+    #[tracing::instrument(
+        name = "charge",
+        skip_all,
+        fields(otel.kind = "client", payment_id = %payment.id, amount_minor = payment.amount_minor)
+    )]
     async fn charge(&self, payment: &Payment, token: &str) -> Result<String, String> {
         let mut delay = self.retry_delay;
         let mut last = String::new();

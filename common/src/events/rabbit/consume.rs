@@ -13,10 +13,11 @@ use lapin::{
 };
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::instrument::WithSubscriber as _;
 
 use super::{
     RabbitBus,
-    message::{REASON_HEADER, attempt_of, properties, publish_confirmed},
+    message::{REASON_HEADER, attempt_of, carried_by, properties, publish_confirmed},
     topology::{declare_consumer, dlq_name, retry_queue_name, string},
     unavailable,
 };
@@ -57,7 +58,8 @@ impl RabbitBus {
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
-        }))
+        }
+        .with_current_subscriber()))
     }
 
     /// One consuming session; returns Ok on shutdown and Err when the connection is lost.
@@ -116,9 +118,18 @@ impl RabbitBus {
     ) -> Result<(), BusError> {
         let consumer = subscription.consumer.as_str();
         let attempt = attempt_of(&delivery);
+        let carried = carried_by(&delivery);
         let outcome = match Envelope::decode(&delivery.data) {
             Ok(envelope) => {
-                let outcome = handling::run(consumer, handler, &envelope, attempt).await;
+                let outcome = handling::run(
+                    super::SYSTEM,
+                    consumer,
+                    handler,
+                    &envelope,
+                    &carried,
+                    attempt,
+                )
+                .await;
                 Some((envelope, outcome))
             }
             Err(error) => {
@@ -171,7 +182,7 @@ impl RabbitBus {
                 .unwrap_or_default();
             let envelope = outcome.map(|(envelope, _)| envelope);
             let mut properties = match &envelope {
-                Some(envelope) => properties(envelope, attempt, reason.as_deref()),
+                Some(envelope) => properties(envelope, &carried, attempt, reason.as_deref()),
                 None => BasicProperties::default().with_delivery_mode(2),
             };
             if envelope.is_none() {

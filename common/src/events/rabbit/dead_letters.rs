@@ -13,7 +13,7 @@ use super::{
     topology::dlq_name,
     unavailable,
 };
-use crate::events::{BusError, DeadLetter, Envelope};
+use crate::events::{BusError, DeadLetter, Envelope, handling::Carried};
 
 /// The next message of `consumer`'s dead-letter queue, if any. Unacknowledged gets go back to
 /// the queue when the channel closes.
@@ -64,7 +64,8 @@ pub(super) async fn replay(
             "",
             consumer,
             &delivery.data,
-            properties(&envelope, 1, None),
+            // A replayed event starts a fresh delivery; its trace is the producer's again.
+            properties(&envelope, &Carried::default(), 1, None),
             event_id,
         )
         .await?;

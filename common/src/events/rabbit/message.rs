@@ -9,20 +9,30 @@ use lapin::{
 };
 
 use super::{topology::string, unavailable};
-use crate::events::{BusError, Envelope};
+use crate::events::{BusError, Envelope, handling::Carried};
 
 const ATTEMPT_HEADER: &str = "x-attempt";
 pub(super) const REASON_HEADER: &str = "x-failure-reason";
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
+/// The message's properties: persistent, its id and type, the attempt and failure reason, and
+/// the trace context it carries (`traceparent`, `tracestate`).
 pub(super) fn properties(
     envelope: &Envelope,
+    carried: &Carried,
     attempt: u32,
     reason: Option<&str>,
 ) -> BasicProperties {
     let mut headers = FieldTable::default();
     headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongUInt(attempt));
-    if !envelope.0.traceparent.is_empty() {
-        headers.insert("traceparent".into(), string(&envelope.0.traceparent));
+    for (name, value) in [
+        (TRACEPARENT, &carried.traceparent),
+        (TRACESTATE, &carried.tracestate),
+    ] {
+        if !value.is_empty() {
+            headers.insert(name.into(), string(value));
+        }
     }
     if let Some(reason) = reason {
         headers.insert(REASON_HEADER.into(), string(reason));
@@ -48,6 +58,18 @@ pub(super) fn attempt_of(delivery: &Delivery) -> u32 {
         Some(AMQPValue::LongUInt(n)) => *n,
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(*n).unwrap_or(1),
         _ => 1,
+    }
+}
+
+/// The trace context a delivery carries in its headers.
+pub(super) fn carried_by(delivery: &Delivery) -> Carried {
+    let text = |name| match header(delivery, name) {
+        Some(AMQPValue::LongString(value)) => value.to_string(),
+        _ => String::new(),
+    };
+    Carried {
+        traceparent: text(TRACEPARENT),
+        tracestate: text(TRACESTATE),
     }
 }
 

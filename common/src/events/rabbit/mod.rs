@@ -14,14 +14,18 @@ use std::{sync::Arc, time::Duration};
 use lapin::{Channel, Connection, ConnectionProperties, options::ConfirmSelectOptions};
 use tokio::{sync::Mutex, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use super::{
     BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, Subscription,
+    handling::{self, Carried},
     metrics::events as metrics,
 };
 use crate::BoxFuture;
 
 pub const EXCHANGE: &str = "shop.events";
+/// `messaging.system` of this bus's spans.
+const SYSTEM: &str = "rabbitmq";
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(15);
 
 /// Connects lazily and again after failures; clones share the publishing connection.
@@ -100,49 +104,59 @@ impl RabbitBus {
 
 impl EventPublisher for RabbitBus {
     fn publish<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), BusError>> {
-        Box::pin(async move {
-            let payload = envelope.encode();
-            let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
-            let mut backoff = Duration::from_millis(50);
-            loop {
-                let attempt = async {
-                    let channel = self.publishing_channel().await?;
+        let (span, carried) = handling::publishing(SYSTEM, envelope);
+        Box::pin(self.publish_carrying(envelope, carried).instrument(span))
+    }
+}
+
+impl RabbitBus {
+    /// Publishes with retries until the confirm or the deadline.
+    async fn publish_carrying(
+        &self,
+        envelope: &Envelope,
+        carried: Carried,
+    ) -> Result<(), BusError> {
+        let payload = envelope.encode();
+        let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let attempt = async {
+                let channel = self.publishing_channel().await?;
+                metrics()
+                    .published
+                    .with_label_values(&[envelope.event_type()])
+                    .inc();
+                message::publish_confirmed(
+                    &channel,
+                    EXCHANGE,
+                    envelope.event_type(),
+                    &payload,
+                    message::properties(envelope, &carried, 1, None),
+                    envelope.id(),
+                )
+                .await
+            };
+            match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Ok(())) => {
                     metrics()
-                        .published
+                        .confirmed
                         .with_label_values(&[envelope.event_type()])
                         .inc();
-                    message::publish_confirmed(
-                        &channel,
-                        EXCHANGE,
-                        envelope.event_type(),
-                        &payload,
-                        message::properties(envelope, 1, None),
-                        envelope.id(),
-                    )
-                    .await
-                };
-                match tokio::time::timeout_at(deadline, attempt).await {
-                    Ok(Ok(())) => {
-                        metrics()
-                            .confirmed
-                            .with_label_values(&[envelope.event_type()])
-                            .inc();
-                        return Ok(());
-                    }
-                    Ok(Err(error @ BusError::NotConfirmed { .. })) => return Err(error),
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, ?backoff, "publish failed; reconnecting");
-                        self.forget_publishing_channel().await;
-                    }
-                    Err(_) => return Err(unavailable("RabbitMQ did not confirm in time")),
+                    return Ok(());
                 }
-                if tokio::time::Instant::now() + backoff > deadline {
-                    return Err(unavailable("RabbitMQ stayed unreachable"));
+                Ok(Err(error @ BusError::NotConfirmed { .. })) => return Err(error),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, ?backoff, "publish failed; reconnecting");
+                    self.forget_publishing_channel().await;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                Err(_) => return Err(unavailable("RabbitMQ did not confirm in time")),
             }
-        })
+            if tokio::time::Instant::now() + backoff > deadline {
+                return Err(unavailable("RabbitMQ stayed unreachable"));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
     }
 }
 
