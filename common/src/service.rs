@@ -3,7 +3,7 @@
 //! through a [`Service`], which owns every task it starts, serves gRPC with the server kit, and
 //! on shutdown stops the tasks and waits for each of them.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, sync::Arc, time::Duration};
 
 use sqlx::migrate::Migrator;
 use tokio::{net::TcpListener, task::JoinSet};
@@ -14,12 +14,15 @@ use crate::{
     auth::RemoteKeys,
     config::{ConfigError, EventArgs, JwtArgs, ShutdownArgs},
     events::{
-        BusError, EventBus, EventHandler, RabbitBus, Subscription,
+        self, BusError, EventBus, EventHandler, RabbitBus, Subscription,
         outbox::{Outbox, OutboxRelay, RelayConfig},
     },
     grpc::{GrpcServer, ServeError},
     storage::{Db, StorageError},
 };
+
+/// How often a consumer's queue depth is sampled.
+const LAG_EVERY: Duration = Duration::from_secs(15);
 
 /// What a service is started with besides its own settings.
 pub struct Start {
@@ -148,7 +151,7 @@ impl Service {
         url: &str,
         migrator: &Migrator,
     ) -> Result<Db, StartError> {
-        let db = Db::connect(setting, url).await?;
+        let db = Db::connect(setting, url).await?.of_service(self.name);
         db.migrate(migrator).await?;
         tracing::info!(
             service = self.name,
@@ -202,6 +205,8 @@ impl Service {
                 tracing::warn!(%error, "event consumer task failed");
             }
         });
+        let stop = self.stopping();
+        self.spawn(events::report_lag(bus, self.name, LAG_EVERY, stop));
         Ok(())
     }
 

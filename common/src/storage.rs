@@ -70,6 +70,8 @@ impl Backend {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// The service it belongs to, for its metrics.
+    service: &'static str,
     url: Secret,
     /// Wakes this process's outbox relay when a transaction with events commits.
     committed: Arc<Notify>,
@@ -103,9 +105,18 @@ impl Db {
         Ok(Self {
             pool,
             backend,
+            service: "",
             url: Secret::new(url),
             committed: Arc::new(Notify::new()),
         })
+    }
+
+    /// Names the service this database belongs to: its pool and transactions are reported
+    /// under that name.
+    pub fn of_service(mut self, service: &'static str) -> Self {
+        self.service = service;
+        crate::metrics::watch_pool(service, self.pool.clone());
+        self
     }
 
     /// Applies the service's migrations and installs the outbox tables; safe at every start.
@@ -134,7 +145,12 @@ impl Db {
             Backend::Sqlite => "BEGIN IMMEDIATE",
             Backend::Postgres | Backend::MongoDb => "BEGIN",
         };
-        Ok(self.pool.begin_with(statement).await?)
+        let started = std::time::Instant::now();
+        let transaction = self.pool.begin_with(statement).await?;
+        acquire_seconds()
+            .with_label_values(&[self.service])
+            .observe(started.elapsed().as_secs_f64());
+        Ok(transaction)
     }
 
     /// Tells the relay that a transaction holding events committed.
@@ -146,6 +162,22 @@ impl Db {
     pub(crate) async fn committed_or(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.committed.notified()).await;
     }
+}
+
+/// How long a transaction waited for a connection and its BEGIN: the pool's waits.
+fn acquire_seconds() -> &'static prometheus::HistogramVec {
+    static HISTOGRAM: std::sync::LazyLock<prometheus::HistogramVec> =
+        std::sync::LazyLock::new(|| {
+            crate::metrics::seconds_histogram_vec(
+                "db_transaction_acquire_seconds",
+                "Time to get a pooled connection and begin a transaction",
+                &["service"],
+                vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+                ],
+            )
+        });
+    &HISTOGRAM
 }
 
 async fn connect_sqlite(setting: &str, url: &str) -> Result<AnyPool, StorageError> {

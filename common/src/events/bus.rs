@@ -135,6 +135,9 @@ pub trait EventBus: EventPublisher {
         consumer: &'a str,
     ) -> BoxFuture<'a, Result<Vec<DeadLetter>, BusError>>;
 
+    /// How many events wait in `consumer`'s queue (its lag), retries not counted.
+    fn queue_depth<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>>;
+
     /// Moves a dead letter back to its consumer's queue, with a fresh attempt count.
     fn replay<'a>(
         &'a self,

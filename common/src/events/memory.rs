@@ -185,6 +185,15 @@ impl EventBus for InProcessBus {
         })
     }
 
+    fn queue_depth<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(async move {
+            let depth = self
+                .queue(consumer)
+                .map_or(0, |queue| lock(&queue.state).ready.len());
+            Ok(u64::try_from(depth).unwrap_or(u64::MAX))
+        })
+    }
+
     fn dead_letters<'a>(
         &'a self,
         consumer: &'a str,

@@ -1,8 +1,11 @@
-//! Event counters: published, confirmed, consumed, retried and dead-lettered, per event type.
+//! Event counters (published, confirmed, consumed, retried and dead-lettered, per event type)
+//! and each consumer's queue depth.
 
 use std::sync::LazyLock;
 
-use prometheus::{IntCounterVec, Opts};
+use prometheus::{IntCounterVec, IntGaugeVec};
+
+use crate::metrics::{counter_vec as counter, gauge_vec};
 
 pub(crate) struct EventMetrics {
     pub(crate) published: IntCounterVec,
@@ -10,13 +13,7 @@ pub(crate) struct EventMetrics {
     pub(crate) consumed: IntCounterVec,
     pub(crate) retried: IntCounterVec,
     pub(crate) dead_lettered: IntCounterVec,
-}
-
-fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let counter =
-        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
-    crate::metrics::register(counter.clone());
-    counter
+    pub(crate) queue_depth: IntGaugeVec,
 }
 
 pub(crate) fn events() -> &'static EventMetrics {
@@ -45,6 +42,11 @@ pub(crate) fn events() -> &'static EventMetrics {
             "events_dead_lettered_total",
             "Events a consumer gave up on",
             &["consumer", "event_type"],
+        ),
+        queue_depth: gauge_vec(
+            "events_queue_depth",
+            "Events waiting in a consumer's queue (its lag)",
+            &["consumer"],
         ),
     });
     &METRICS

@@ -5,6 +5,7 @@
 mod bus;
 mod envelope;
 mod handling;
+mod lag;
 mod memory;
 mod metrics;
 pub mod outbox;
@@ -16,5 +17,6 @@ pub use bus::{
     Subscription,
 };
 pub use envelope::{Envelope, EnvelopeError};
+pub use lag::report_lag;
 pub use memory::InProcessBus;
 pub use rabbit::{EXCHANGE, RabbitBus};

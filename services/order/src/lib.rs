@@ -6,6 +6,7 @@ mod api;
 mod config;
 mod domain;
 mod events;
+mod metrics;
 mod orders;
 mod stock;
 mod store;

@@ -14,8 +14,9 @@ use shop_proto::{
 use crate::{
     NAME,
     domain::{Checkout, Order, Status, Transition, cancel_reason_text, key_reused, total},
+    metrics,
     stock::Stock,
-    store::{Applying, Change, Changed, ListFilter, OrderStore, Placed},
+    store::{Applying, Change, Changed, Decide, ListFilter, OrderStore, Placed},
 };
 
 pub(crate) struct Orders {
@@ -154,6 +155,7 @@ impl Orders {
         match self.store.place(&order, &event).await? {
             Placed::New(order) => {
                 tracing::info!(total_minor = order.total_minor, "order placed");
+                metrics::orders().placed();
                 Ok(order)
             }
             Placed::Existing(existing) => existing.placed_by(&fingerprint),
@@ -209,7 +211,7 @@ impl Orders {
                 })?;
             Ok(Some(cancellation(order, reason, detail)))
         };
-        match self.store.change(id, None, &decide).await? {
+        match self.change(id, None, &decide).await? {
             Changed::Applied(order) | Changed::Unchanged(order) => {
                 tracing::info!("order cancelled by request");
                 Ok(order)
@@ -224,7 +226,7 @@ impl Orders {
         event: Applying<'_>,
         order_id: &str,
     ) -> Result<Changed, Error> {
-        self.store.change(order_id, Some(event), &confirm).await
+        self.change(order_id, Some(event), &confirm).await
     }
 
     /// `payment.failed`: an order still waiting for its payment is cancelled.
@@ -242,7 +244,7 @@ impl Orders {
                 &[Status::PendingPayment],
             ))
         };
-        self.store.change(order_id, Some(event), &decide).await
+        self.change(order_id, Some(event), &decide).await
     }
 
     /// `payment.refunded` (an admin's refund): a paid order is cancelled.
@@ -259,7 +261,29 @@ impl Orders {
                 &[Status::Paid, Status::Confirmed],
             ))
         };
-        self.store.change(order_id, Some(event), &decide).await
+        self.change(order_id, Some(event), &decide).await
+    }
+
+    /// A change of an order, counted in the saga metrics when it ends the order.
+    async fn change(
+        &self,
+        order_id: &str,
+        applying: Option<Applying<'_>>,
+        decide: &Decide<'_>,
+    ) -> Result<Changed, Error> {
+        let changed = self.store.change(order_id, applying, decide).await?;
+        if let Changed::Applied(order) = &changed {
+            metrics::orders().moved(order);
+        }
+        Ok(changed)
+    }
+
+    /// Counts the orders waiting for their payment, for `orders_pending_payment`.
+    pub(crate) async fn report_pending(&self) {
+        match self.store.pending_payment().await {
+            Ok((count, oldest)) => metrics::orders().pending(count, oldest),
+            Err(error) => tracing::warn!(%error, "cannot count orders pending payment"),
+        }
     }
 
     /// Gives back the stock of checkouts older than `after` that made no order; a release that

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::orders::Orders;
 
-/// Every `every`, releases the checkouts older than `after` that made no order, until `stop`.
+/// Every `every`, releases the checkouts older than `after` that made no order (and counts the
+/// orders waiting for their payment), until `stop`.
 pub(crate) async fn run(
     orders: Arc<Orders>,
     after: Duration,
@@ -22,6 +23,7 @@ pub(crate) async fn run(
             () = stop.cancelled() => return,
             _ = ticks.tick() => {
                 orders.release_abandoned(after).await;
+                orders.report_pending().await;
             }
         }
     }

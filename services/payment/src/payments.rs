@@ -14,6 +14,7 @@ use shop_proto::{
 use crate::{
     NAME,
     domain::{Payment, Status, amount_due},
+    metrics,
     provider::{ChargeError, PaymentProvider},
     store::{ListFilter, PaymentStore, Settle},
 };
@@ -82,11 +83,24 @@ impl Payments {
             let call =
                 self.provider
                     .charge(&payment.id, payment.amount_minor, &payment.currency, token);
+            let metrics = metrics::payments();
             match tokio::time::timeout(self.timeout, call).await {
-                Ok(Ok(reference)) => return Ok(reference),
-                Ok(Err(ChargeError::Declined(reason))) => return Err(reason),
-                Ok(Err(ChargeError::Transient(reason))) => last = reason,
-                Err(_) => last = "provider_timeout".to_owned(),
+                Ok(Ok(reference)) => {
+                    metrics.attempt("approved");
+                    return Ok(reference);
+                }
+                Ok(Err(ChargeError::Declined(reason))) => {
+                    metrics.attempt("declined");
+                    return Err(reason);
+                }
+                Ok(Err(ChargeError::Transient(reason))) => {
+                    metrics.attempt("transient");
+                    last = reason;
+                }
+                Err(_) => {
+                    metrics.attempt("timeout");
+                    last = "provider_timeout".to_owned();
+                }
             }
             tracing::info!(payment_id = %payment.id, attempt, reason = %last, "charge attempt failed; retrying");
             if attempt < self.attempts {
@@ -140,6 +154,7 @@ impl Payments {
         match self.store.settle(&payment.id, settle).await? {
             Some(settled) => {
                 tracing::info!(payment_id = %settled.id, order_id = %settled.order_id, status = settled.status.as_str(), "payment settled");
+                metrics::payments().settled(&settled);
                 Ok(settled)
             }
             // Settled by a concurrent delivery of the same event.
@@ -234,6 +249,7 @@ impl Payments {
         match self.store.settle(&payment.id, settle).await? {
             Some(refunded) => {
                 tracing::info!(payment_id = %refunded.id, order_id = %refunded.order_id, "payment refunded");
+                metrics::payments().settled(&refunded);
                 Ok(refunded)
             }
             None => self.current(&payment.id).await,

@@ -12,6 +12,7 @@ use crate::{
     domain::{
         ListFilter, NewProduct, Product, ProductFields, ProductUpdate, ReservedLine, StockLine,
     },
+    metrics,
     store::ProductStore,
 };
 
@@ -79,12 +80,16 @@ impl Catalogue {
         order_id: &str,
         lines: &[StockLine],
     ) -> Result<Vec<ReservedLine>, Error> {
-        self.store.reserve(order_id, lines).await
+        let reserved = self.store.reserve(order_id, lines).await;
+        metrics::stock().reserved(&reserved);
+        reserved
     }
 
     /// Puts a reservation's stock back; false when it held nothing (any more).
     pub(crate) async fn release(&self, order_id: &str) -> Result<bool, Error> {
-        self.store.release(order_id).await
+        let released = self.store.release(order_id).await?;
+        metrics::stock().released(released);
+        Ok(released)
     }
 
     /// Fills an empty catalogue with the demo products; one with anything in it is left alone.

@@ -7,6 +7,7 @@ mod config;
 mod demo;
 mod domain;
 mod events;
+mod metrics;
 mod store;
 
 use std::sync::Arc;

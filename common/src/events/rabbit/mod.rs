@@ -184,6 +184,20 @@ impl EventBus for RabbitBus {
         Box::pin(self.clone().start_consumer(subscription, handler, shutdown))
     }
 
+    fn queue_depth<'a>(&'a self, consumer: &'a str) -> BoxFuture<'a, Result<u64, BusError>> {
+        Box::pin(async move {
+            let channel = self.publishing_channel().await?;
+            match topology::depth(&channel, consumer).await {
+                Ok(depth) => Ok(depth),
+                Err(error) => {
+                    // A failed passive declare closes the channel; open another next time.
+                    self.forget_publishing_channel().await;
+                    Err(error)
+                }
+            }
+        })
+    }
+
     fn dead_letters<'a>(
         &'a self,
         consumer: &'a str,

@@ -63,6 +63,19 @@ pub(super) async fn declare_queue(
         .map_err(unavailable)
 }
 
+/// The messages ready in `queue`, by a passive declare (which fails if the queue is missing).
+pub(super) async fn depth(channel: &Channel, queue: &str) -> Result<u64, BusError> {
+    let options = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map_err(unavailable)?;
+    Ok(u64::from(declared.message_count()))
+}
+
 pub(super) fn string(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value))
 }

@@ -251,6 +251,18 @@ impl OrderStore {
         Ok(abandoned)
     }
 
+    /// How many orders wait for their payment, and when the oldest of them was placed.
+    pub(crate) async fn pending_payment(&self) -> Result<(i64, Option<i64>), Error> {
+        let row = sqlx::query(
+            "SELECT count(*) AS waiting, min(created_at_ms) AS oldest FROM orders
+             WHERE status = $1",
+        )
+        .bind(Status::PendingPayment.as_str())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((row.try_get("waiting")?, row.try_get("oldest")?))
+    }
+
     /// Up to `limit` matching orders after `after`, newest first.
     pub(crate) async fn list(
         &self,

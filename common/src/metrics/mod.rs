@@ -1,9 +1,17 @@
-//! Prometheus metrics: the process-wide registry, the gRPC RED metrics, and the `/metrics` server.
+//! Prometheus metrics: the process-wide registry (with the process collector), the gRPC RED
+//! metrics, runtime gauges sampled at each scrape, and the `/metrics` server.
+
+mod runtime;
 
 use std::{net::SocketAddr, sync::LazyLock};
 
 use axum::{Router, http::header, response::IntoResponse, routing::get};
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+pub use runtime::watch_pool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -71,8 +79,65 @@ pub fn register(collector: impl prometheus::core::Collector + 'static) {
     }
 }
 
-/// The registry in Prometheus text format.
+/// A counter family, registered.
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let counter =
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    register(counter.clone());
+    counter
+}
+
+/// A gauge family, registered.
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let gauge = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    register(gauge.clone());
+    gauge
+}
+
+/// A gauge of fractional values (ages in seconds), registered.
+pub fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let gauge = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+    register(gauge.clone());
+    gauge
+}
+
+/// A single counter, registered.
+pub fn counter(name: &str, help: &str) -> IntCounter {
+    let counter = IntCounter::new(name, help).expect("valid metric definition");
+    register(counter.clone());
+    counter
+}
+
+/// A single gauge of fractional values, registered.
+pub fn float_gauge(name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::new(name, help).expect("valid metric definition");
+    register(gauge.clone());
+    gauge
+}
+
+/// A single gauge, registered.
+pub fn gauge(name: &str, help: &str) -> IntGauge {
+    let gauge = IntGauge::new(name, help).expect("valid metric definition");
+    register(gauge.clone());
+    gauge
+}
+
+/// A histogram family in seconds, registered.
+pub fn seconds_histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let histogram = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric definition");
+    register(histogram.clone());
+    histogram
+}
+
+/// The registry in Prometheus text format, runtime gauges sampled now.
 pub fn render() -> String {
+    runtime::sample();
     TextEncoder::new()
         .encode_to_string(&registry().gather())
         .unwrap_or_else(|error| format!("# encoding failed: {error}\n"))
