@@ -10,24 +10,43 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 FUNCTIONS = {"sum", "max", "min", "avg", "count", "rate", "irate", "increase", "histogram_quantile",
-             "topk", "bottomk", "abs", "clamp_min", "clamp_max", "and", "or", "unless", "offset"}
+             "topk", "bottomk", "abs", "clamp_min", "clamp_max", "scalar", "and", "or", "unless",
+             "offset"}
+# What the prometheus crate's process collector exports (Linux), registered in the default
+# registry when the crate's "process" feature is on.
+PROCESS_COLLECTOR = {"process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+                     "process_virtual_memory_bytes", "process_resident_memory_bytes",
+                     "process_start_time_seconds", "process_threads"}
 problems = []
 
-# Metric names the code registers (the string literal before a help text) and recording rules.
+# Metric names the code registers: a literal with a metric suffix, or a snake_case literal before a
+# help text (gauges such as "tokio_workers", "Worker threads of the tokio runtime"); the process
+# collector's when the prometheus crate has it on; and the recording rules.
 source = "\n".join(p.read_text() for p in ROOT.glob("**/src/**/*.rs") if "target" not in p.parts)
 exported = set(re.findall(r'"([a-z_]+_(?:total|seconds|ms|pending))"', source))
+exported |= set(re.findall(r'"([a-z][a-z0-9]*(?:_[a-z0-9]+)+)",\s*"[^"]* [^"]*"', source))
+cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())
+prometheus = cargo.get("workspace", {}).get("dependencies", {}).get("prometheus", {})
+if "process" in (prometheus.get("features", []) if isinstance(prometheus, dict) else []) \
+        and "default_registry()" in source:
+    exported |= PROCESS_COLLECTOR
 rules = (ROOT / "alerts" / "shop.rules.yaml").read_text()
 recorded = set(re.findall(r"record:\s*(\S+)", rules))
 
 exprs = []
+uids = {}
 for path in sorted((ROOT / "grafana").glob("*.json")):
     dash = json.loads(path.read_text())
     for key in ("uid", "title", "panels"):
         if not dash.get(key):
             problems.append(f"{path.name}: no {key}")
+    if dash.get("uid") in uids:
+        problems.append(f"{path.name}: uid {dash['uid']} is {uids[dash['uid']]}'s too")
+    uids.setdefault(dash.get("uid"), path.name)
     ids = set()
     for panel in dash.get("panels", []):
         where = f"{path.name} panel {panel.get('title')!r}"
