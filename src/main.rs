@@ -87,7 +87,7 @@ async fn main() -> ExitCode {
             }
         },
     };
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     code
 }
 

@@ -73,7 +73,9 @@ impl Service<Request<Body>> for TracedChannel {
             server.address = %self.peer,
         );
         inject(&span, request.headers_mut());
-        let call = self.inner.call(request);
+        // The channel's buffer runs its connection work in the span current at the call; a
+        // connection outlives the request, and must not keep the request's spans open with it.
+        let call = tracing::Span::none().in_scope(|| self.inner.call(request));
         let watch = ClientCall {
             span: span.clone(),
             finished: false,
@@ -109,6 +111,8 @@ impl OnStatus for ClientCall {
     fn finish(&mut self, code: Code) {
         if !std::mem::replace(&mut self.finished, true) {
             record_on(&self.span, code);
+            // The body may outlive the call (a connection keeps it); its span must not.
+            self.span = tracing::Span::none();
         }
     }
 }

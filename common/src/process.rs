@@ -125,7 +125,7 @@ where
         Err(error) => exit_on_config_error(&error),
     };
     let result = task.await;
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     exit_code(name, result)
 }
 
@@ -161,7 +161,7 @@ where
     if let Ok(Err(error)) = metrics_server.await {
         tracing::warn!(%error, "metrics server failed");
     }
-    telemetry.shutdown();
+    telemetry.shutdown().await;
     exit_code(name, result)
 }
 

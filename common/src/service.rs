@@ -21,6 +21,9 @@ use crate::{
     storage::{Db, StorageError},
 };
 
+/// How often a database pool's use is sampled.
+const POOL_EVERY: Duration = Duration::from_secs(5);
+
 /// How often a consumer's queue depth is sampled.
 const LAG_EVERY: Duration = Duration::from_secs(15);
 
@@ -146,7 +149,7 @@ impl Service {
     /// Opens the service's SQL database (`setting` names the URL's setting in errors) and
     /// applies its migrations.
     pub async fn database(
-        &self,
+        &mut self,
         setting: &str,
         url: &str,
         migrator: &Migrator,
@@ -158,6 +161,11 @@ impl Service {
             backend = db.backend().name(),
             "store ready"
         );
+        let stop = self.stopping();
+        let pool = db.pool().clone();
+        self.spawn(crate::metrics::report_pool(
+            self.name, pool, POOL_EVERY, stop,
+        ));
         Ok(db)
     }
 

@@ -111,11 +111,10 @@ impl Db {
         })
     }
 
-    /// Names the service this database belongs to: its pool and transactions are reported
-    /// under that name.
+    /// Names the service this database belongs to: its transactions are reported under that
+    /// name.
     pub fn of_service(mut self, service: &'static str) -> Self {
         self.service = service;
-        crate::metrics::watch_pool(service, self.pool.clone());
         self
     }
 

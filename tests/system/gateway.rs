@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::helpers::{TestSystem, http1, spawn_system};
 
 /// One request to the gateway; the body as JSON (or `Null` when it is not JSON).
-async fn call(
+pub(crate) async fn call(
     gateway: SocketAddr,
     method: Method,
     path: &str,
@@ -36,7 +36,7 @@ async fn call(
     ))
 }
 
-async fn login(gateway: SocketAddr, email: &str) -> anyhow::Result<String> {
+pub(crate) async fn login(gateway: SocketAddr, email: &str) -> anyhow::Result<String> {
     let credentials = json!({"email": email, "password": "a long enough password"});
     let account =
         json!({"email": email, "password": "a long enough password", "displayName": "Tester"});

@@ -4,6 +4,7 @@
 mod dlq_cli;
 mod gateway;
 mod helpers;
+mod observability;
 mod process;
 mod saga;
 mod server_kit;

@@ -13,7 +13,7 @@ use crate::helpers::{channel, health_status, wait_for_health};
 
 /// `shop up` on ephemeral ports, with its SQLite files in a folder of its own under cargo's
 /// scratch directory for tests.
-fn shop() -> Command {
+pub(crate) fn shop() -> Command {
     let data = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("shop-up-{}", uuid::Uuid::new_v4().simple()));
     let mut command = Command::new(env!("CARGO_BIN_EXE_shop"));
@@ -32,8 +32,18 @@ fn shop() -> Command {
     command
 }
 
+/// What a child wrote to stdout after its start-up table, line by line (its JSON log lines).
+pub(crate) type Output = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
 /// Reads the start-up table (`  user-service     grpc  127.0.0.1:PORT`) until the Ctrl-C line.
 async fn endpoints(child: &mut Child) -> anyhow::Result<HashMap<String, String>> {
+    Ok(endpoints_and_output(child).await?.0)
+}
+
+/// [`endpoints`], and the lines the child writes after them.
+pub(crate) async fn endpoints_and_output(
+    child: &mut Child,
+) -> anyhow::Result<(HashMap<String, String>, Output)> {
     let stdout = child.stdout.take().context("stdout is piped")?;
     let mut lines = BufReader::new(stdout).lines();
     let mut found = HashMap::new();
@@ -51,8 +61,14 @@ async fn endpoints(child: &mut Child) -> anyhow::Result<HashMap<String, String>>
     };
     let found = tokio::time::timeout(Duration::from_secs(30), read).await??;
     // Keep draining stdout so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(found)
+    let output = Output::default();
+    let kept = output.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            kept.lock().unwrap_or_else(|p| p.into_inner()).push(line);
+        }
+    });
+    Ok((found, output))
 }
 
 async fn exit_status_and_stderr(command: &mut Command) -> anyhow::Result<(Option<i32>, String)> {

@@ -121,6 +121,8 @@ impl OnStatus for Call {
             return;
         }
         record_on(&self.span, code);
+        // The body may outlive the call (a connection keeps it); its span must not.
+        self.span = tracing::Span::none();
         let grpc = metrics::grpc();
         grpc.handled
             .with_label_values(&[&self.service, &self.method, code_name(code)])

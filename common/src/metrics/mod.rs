@@ -11,7 +11,7 @@ use prometheus::{
     Opts, Registry, TextEncoder,
 };
 
-pub use runtime::watch_pool;
+pub use runtime::report_pool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 

@@ -1,8 +1,9 @@
-//! Gauges of the runtime, sampled when Prometheus scrapes rather than by a task of their own:
-//! the tokio scheduler (tasks, workers) and each service's database pool. The process collector
-//! (RSS, CPU, open files) comes with the default registry.
+//! Gauges of the runtime: the tokio scheduler (tasks, workers), sampled when Prometheus scrapes,
+//! and each service's database pool, sampled by a task of the service (holding a pool for the
+//! registry's sake would keep its connections open after the service is gone). The process
+//! collector (RSS, CPU, open files) comes with the default registry.
 
-use std::sync::{LazyLock, Mutex};
+use std::{sync::LazyLock, time::Duration};
 
 use prometheus::{IntGauge, IntGaugeVec};
 use sqlx::AnyPool;
@@ -32,22 +33,37 @@ fn runtime() -> &'static Runtime {
     &RUNTIME
 }
 
-/// The pools being watched, by service.
-fn pools() -> &'static Mutex<Vec<(String, AnyPool)>> {
-    static POOLS: LazyLock<Mutex<Vec<(String, AnyPool)>>> = LazyLock::new(Mutex::default);
-    &POOLS
-}
-
-/// Reports `service`'s pool in `db_pool_connections` and `db_pool_max_connections`.
-pub fn watch_pool(service: &str, pool: AnyPool) {
-    runtime()
+/// Reports `service`'s pool in `db_pool_connections` and `db_pool_max_connections` every
+/// `every`, until `stop`.
+pub async fn report_pool(
+    service: &'static str,
+    pool: AnyPool,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let runtime = runtime();
+    runtime
         .pool_max
         .with_label_values(&[service])
         .set(i64::from(pool.options().get_max_connections()));
-    pools()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .push((service.to_owned(), pool));
+    let in_use = runtime
+        .pool_connections
+        .with_label_values(&[service, "in_use"]);
+    let idle = runtime
+        .pool_connections
+        .with_label_values(&[service, "idle"]);
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => {
+                let size = i64::from(pool.size());
+                let idle_now = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
+                in_use.set(size - idle_now);
+                idle.set(idle_now);
+            }
+        }
+    }
 }
 
 pub(super) fn sample() {
@@ -60,20 +76,5 @@ pub(super) fn sample() {
         runtime
             .workers
             .set(i64::try_from(metrics.num_workers()).unwrap_or(i64::MAX));
-    }
-    let mut pools = pools()
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    pools.retain(|(_, pool)| !pool.is_closed());
-    for (service, pool) in pools.iter() {
-        let size = i64::from(pool.size());
-        let idle = i64::try_from(pool.num_idle()).unwrap_or(i64::MAX);
-        let gauge = |state: &str| {
-            runtime
-                .pool_connections
-                .with_label_values(&[service.as_str(), state])
-        };
-        gauge("in_use").set(size - idle);
-        gauge("idle").set(idle);
     }
 }

@@ -3,11 +3,14 @@
 //! of the event, and the fields of the spans it happened in (request and order ids), the
 //! nearest span winning.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::{Arc, OnceLock},
+};
 
 use opentelemetry::trace::TraceContextExt as _;
 use serde_json::{Map, Value};
-use tracing::{Event, Subscriber, field::Field};
+use tracing::{Event, Subscriber, dispatcher::WeakDispatch, field::Field};
 use tracing_subscriber::{
     fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, format::Writer},
     registry::LookupSpan,
@@ -16,13 +19,32 @@ use tracing_subscriber::{
 pub(super) struct Ecs {
     service: String,
     dataset: String,
+    /// The dispatch this format writes for, set once it exists; trace ids are read through it.
+    dispatch: Arc<OnceLock<WeakDispatch>>,
 }
 
 impl Ecs {
-    pub(super) fn new(service: &str) -> Self {
+    pub(super) fn new(service: &str, dispatch: Arc<OnceLock<WeakDispatch>>) -> Self {
         Self {
             service: service.to_owned(),
             dataset: format!("shop.{service}"),
+            dispatch,
+        }
+    }
+
+    /// `trace.id` and `span.id` of the span an event happened in, when it is traced.
+    fn trace_ids(&self, id: &tracing::span::Id, line: &mut Map<String, Value>) {
+        let Some(dispatch) = self.dispatch.get().and_then(WeakDispatch::upgrade) else {
+            return;
+        };
+        let Some(context) = tracing_opentelemetry::get_otel_context(id, &dispatch) else {
+            return;
+        };
+        let span = context.span();
+        let span = span.span_context();
+        if span.is_valid() {
+            line.insert("trace.id".into(), span.trace_id().to_string().into());
+            line.insert("span.id".into(), span.span_id().to_string().into());
         }
     }
 }
@@ -51,32 +73,21 @@ where
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>()
                     && let Ok(Value::Object(fields)) = serde_json::from_str(fields.as_str())
                 {
-                    line.extend(fields);
+                    // `otel.*` fields steer the span exporter; they are not facts for a log.
+                    line.extend(
+                        fields
+                            .into_iter()
+                            .filter(|(key, _)| !key.starts_with("otel.")),
+                    );
                 }
                 leaf = Some(span.id());
             }
             if let Some(id) = leaf {
-                trace_ids(&id, &mut line);
+                self.trace_ids(&id, &mut line);
             }
         }
         event.record(&mut Fields(&mut line));
         writeln!(writer, "{}", Value::Object(line))
-    }
-}
-
-/// `trace.id` and `span.id` of the span an event happened in, when it is traced.
-fn trace_ids(id: &tracing::span::Id, line: &mut Map<String, Value>) {
-    let context = tracing::dispatcher::get_default(|dispatch| {
-        tracing_opentelemetry::get_otel_context(id, dispatch)
-    });
-    let Some(context) = context else {
-        return;
-    };
-    let span = context.span();
-    let span = span.span_context();
-    if span.is_valid() {
-        line.insert("trace.id".into(), span.trace_id().to_string().into());
-        line.insert("span.id".into(), span.span_id().to_string().into());
     }
 }
 

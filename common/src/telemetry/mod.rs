@@ -12,7 +12,10 @@ mod dispatch;
 mod ecs;
 mod propagation;
 
-use std::{io::IsTerminal, sync::Mutex};
+use std::{
+    io::IsTerminal,
+    sync::{Arc, Mutex, OnceLock},
+};
 
 use opentelemetry::{global, propagation::TextMapCompositePropagator, trace::TracerProvider as _};
 use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
@@ -120,10 +123,11 @@ impl Telemetry {
             .push(provider);
 
         let logs = || EnvFilter::new(&self.log_filter);
+        let own_dispatch = Arc::new(OnceLock::new());
         let log_layer = if self.json {
             tracing_subscriber::fmt::layer()
                 .fmt_fields(JsonFields::new())
-                .event_format(ecs::Ecs::new(service_name))
+                .event_format(ecs::Ecs::new(service_name, own_dispatch.clone()))
                 .with_ansi(false)
                 .with_filter(logs())
                 .boxed()
@@ -133,22 +137,34 @@ impl Telemetry {
         let trace_layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
             .with_filter(EnvFilter::new(&self.trace_filter));
-        Ok(Dispatch::new(
+        let dispatch = Dispatch::new(
             tracing_subscriber::registry()
                 .with(log_layer)
                 .with(trace_layer),
-        ))
+        );
+        // The log format reads trace ids through its own dispatch: inside a dispatch's callback
+        // the thread's current dispatch is not available.
+        let _ = own_dispatch.set(dispatch.downgrade());
+        Ok(dispatch)
     }
 
-    pub fn shutdown(self) {
+    /// Flushes and stops every tracer provider. The flush blocks until the exporters answered;
+    /// it runs off the async workers, which the exporters' own connections need.
+    pub async fn shutdown(self) {
         let providers = self
             .providers
             .into_inner()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for provider in providers {
-            if let Err(error) = provider.shutdown() {
-                tracing::warn!(%error, "trace provider shutdown failed");
+        let flushed = tokio::task::spawn_blocking(move || {
+            for provider in providers {
+                if let Err(error) = provider.shutdown() {
+                    tracing::warn!(%error, "trace provider shutdown failed");
+                }
             }
+        })
+        .await;
+        if let Err(error) = flushed {
+            tracing::warn!(%error, "trace provider shutdown did not finish");
         }
     }
 }

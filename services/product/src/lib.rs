@@ -33,7 +33,7 @@ pub const NAME: &str = "product-service";
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let mut service = Service::start(NAME, start, &config.events).await?;
     let catalogue = Arc::new(Catalogue {
-        store: open_store(&service, config.database_url()?.expose()).await?,
+        store: open_store(&mut service, config.database_url()?.expose()).await?,
     });
     if config.seed_demo_catalogue {
         catalogue
@@ -54,7 +54,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
 }
 
 /// The catalogue on MongoDB or SQL, as the URL's scheme says.
-async fn open_store(service: &Service, url: &str) -> Result<Arc<dyn ProductStore>, StartError> {
+async fn open_store(service: &mut Service, url: &str) -> Result<Arc<dyn ProductStore>, StartError> {
     const SETTING: &str = "PRODUCT_DATABASE_URL";
     match Backend::of(SETTING, url)? {
         Backend::MongoDb => {
