@@ -102,10 +102,10 @@ impl Service {
         start: Start,
         events: &EventArgs,
     ) -> Result<Self, StartError> {
-        let bus = match (start.bus, &events.amqp_url) {
+        let bus = match (start.bus, events.url()?) {
             (Some(bus), _) => Some(bus),
             (None, Some(url)) => {
-                Some(Arc::new(RabbitBus::connect(url).await?) as Arc<dyn EventBus>)
+                Some(Arc::new(RabbitBus::connect(url.expose()).await?) as Arc<dyn EventBus>)
             }
             (None, None) => {
                 tracing::warn!(
