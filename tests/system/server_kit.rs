@@ -219,3 +219,44 @@ async fn the_gateway_answers_unknown_routes_with_a_json_404() -> anyhow::Result<
     assert_eq!(body["message"], "no route for GET /v1/nothing");
     Ok(())
 }
+
+/// Bytes that are no protobuf message are the caller's mistake: INVALID_ARGUMENT (counted as
+/// such), not INTERNAL, which the failure alert would count as a server fault.
+#[tokio::test]
+async fn an_undecodable_request_is_invalid_argument_not_internal() -> anyhow::Result<()> {
+    let system = spawn_system().await?;
+    let addr = system.endpoints.product;
+    wait_for_health(
+        &channel(addr).await?,
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let garbage = grpc_web_frame(&[0xff, 0xff, 0xff, 0xff]);
+    let request = http::Request::post(format!(
+        "http://{addr}/shop.product.v1.ProductService/GetProduct"
+    ))
+    .version(http::Version::HTTP_11)
+    .header("content-type", "application/grpc-web+proto")
+    .header("x-grpc-web", "1")
+    .body(Full::new(bytes::Bytes::from(garbage)))?;
+    let (status, headers, body) = http1(request).await?;
+    assert_eq!(status, http::StatusCode::OK);
+    // A trailers-only answer: the status is in the headers (or a lone trailer frame).
+    let in_headers = headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let code = match in_headers {
+        Some(code) => code,
+        None => {
+            let (trailers, _) = split_frame(&body)?;
+            String::from_utf8_lossy(trailers.payload).to_string()
+        }
+    };
+    assert!(
+        code == "3" || code.contains("grpc-status:3"),
+        "expected INVALID_ARGUMENT (3), got {code:?}"
+    );
+    Ok(())
+}

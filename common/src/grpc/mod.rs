@@ -5,9 +5,11 @@ mod context;
 mod red;
 mod server;
 mod status;
+mod undecodable;
 
 pub(crate) use context::rpc_names;
 pub use context::{REQUEST_ID_HEADER, RequestContextLayer};
 pub use red::RedMetricsLayer;
 pub use server::{GrpcServer, LIVENESS, ServeError};
 pub(crate) use status::{OnStatus, StatusBody, record_on, status_in};
+pub use undecodable::UndecodableLayer;

@@ -17,7 +17,7 @@ use tower::Service;
 
 use tokio_stream::StreamExt as _;
 
-use super::{RedMetricsLayer, RequestContextLayer, abortable::Abortable};
+use super::{RedMetricsLayer, RequestContextLayer, UndecodableLayer, abortable::Abortable};
 use crate::{auth::AuthLayer, config::ShutdownArgs, telemetry::DispatchLayer};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -145,7 +145,8 @@ impl GrpcServer {
             .layer(RequestContextLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RedMetricsLayer::new(known))
-            .option_layer(auth);
+            .option_layer(auth)
+            .layer(UndecodableLayer);
 
         match listener.local_addr() {
             Ok(addr) => tracing::info!(service = %name, %addr, "grpc server listening"),
