@@ -319,3 +319,72 @@ async fn shop_load_reports_what_it_sent() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// REST PATCH carries a FieldMask: from `?updateMask=` as given, else derived from the body's
+/// keys, so a zero value (stock 0) is applied rather than read as "not sent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn patch_applies_zero_values_and_honours_an_update_mask_from_the_query() -> anyhow::Result<()>
+{
+    let system = spawn_system().await?;
+    let gw = system.endpoints.gateway;
+    let (_, email, password) = shop::up::DEMO_ACCOUNTS
+        .into_iter()
+        .find(|(role, _, _)| *role == "admin")
+        .context("no demo admin")?;
+    let credentials = json!({"email": email, "password": password}).to_string();
+    let (status, _, body) = call(gw, Method::POST, "/v1/auth/login", None, credentials).await?;
+    anyhow::ensure!(status == StatusCode::OK, "login: {status} {body}");
+    let admin = body["tokens"]["accessToken"]
+        .as_str()
+        .context("no access token")?
+        .to_owned();
+    let (_, _, listed) = call(gw, Method::GET, "/v1/products?pageSize=1", None, "").await?;
+    let before = &listed["products"][0];
+    let id = before["productId"].as_str().context("no product")?;
+    let path = format!("/v1/products/{id}");
+    assert_ne!(
+        before["stock"],
+        json!(0),
+        "the demo product starts in stock"
+    );
+
+    // (a) No mask: the body's keys are the mask, so stock 0 is not dropped.
+    let patch = json!({"version": before["version"], "stock": 0}).to_string();
+    let (status, _, body) = call(gw, Method::PATCH, &path, Some(&admin), patch).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, read) = call(gw, Method::GET, &path, None, "").await?;
+    let product = &read["product"];
+    // proto3 JSON leaves zero out: no `stock` is stock 0.
+    assert_eq!(
+        product.get("stock").and_then(Value::as_i64),
+        None,
+        "{product}"
+    );
+    assert_eq!(product["name"], before["name"], "{product}");
+
+    // (b) An explicit mask: only stock changes, the name in the body is ignored.
+    let patch = json!({"version": product["version"], "stock": 7, "name": "Renamed"}).to_string();
+    let masked = format!("{path}?updateMask=stock");
+    let (status, _, body) = call(gw, Method::PATCH, &masked, Some(&admin), patch).await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, _, read) = call(gw, Method::GET, &path, None, "").await?;
+    let product = &read["product"];
+    assert_eq!(product["stock"], json!(7), "{product}");
+    assert_eq!(product["name"], before["name"], "{product}");
+
+    // (c) A path the service does not know is its to refuse, naming the mask.
+    let patch = json!({"version": product["version"], "stock": 1}).to_string();
+    let bogus = format!("{path}?updateMask=bogus");
+    let (status, _, body) = call(gw, Method::PATCH, &bogus, Some(&admin), patch).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("update_mask"), "{body}");
+    // A malformed mask is the gateway's to refuse, naming the query parameter.
+    let patch = json!({"version": product["version"], "stock": 1}).to_string();
+    let malformed = format!("{path}?updateMask=stock,,name");
+    let (status, _, body) = call(gw, Method::PATCH, &malformed, Some(&admin), patch).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("updateMask "), "{body}");
+    Ok(())
+}

@@ -1,7 +1,10 @@
 //! REST to gRPC and back, with messages built at run time from the descriptors: path variables
 //! and query parameters set fields (nested with dots), a JSON body fills the request or one
 //! field, and responses are proto3 JSON (lowerCamel names, enums as names, 64-bit integers as
-//! strings, well-known types in their JSON forms). Errors name the field.
+//! strings, well-known types in their JSON forms). Errors name the field. A PATCH's
+//! `google.protobuf.FieldMask` comes from the query, or else from the fields the body sends.
+
+use std::collections::BTreeMap;
 
 use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
@@ -76,6 +79,10 @@ fn set(message: &mut DynamicMessage, path: &str, raw: &str) -> Result<(), BadReq
             "{path} is a map and cannot be set from a query"
         )));
     }
+    if is_field_mask(last) {
+        add_mask_paths(target, last, mask_paths(path, raw)?);
+        return Ok(());
+    }
     let value = scalar(last, path, raw)?;
     if last.is_list() {
         if let Value::List(items) = target.get_field_mut(last) {
@@ -83,6 +90,112 @@ fn set(message: &mut DynamicMessage, path: &str, raw: &str) -> Result<(), BadReq
         }
     } else {
         target.set_field(last, value);
+    }
+    Ok(())
+}
+
+const FIELD_MASK: &str = "google.protobuf.FieldMask";
+
+fn is_field_mask(field: &FieldDescriptor) -> bool {
+    !field.is_list() && matches!(field.kind(), Kind::Message(m) if m.full_name() == FIELD_MASK)
+}
+
+/// The paths of a FieldMask in its proto3 JSON form (`stock,imageUrl`: comma-separated,
+/// lowerCamel segments joined by dots) as the proto names the service compares with
+/// (`image_url`). Proto names pass unchanged, so `update_mask=image_url` works too. Whether a
+/// path names a field is the service's to say: it knows which fields it lets change.
+fn mask_paths(name: &str, raw: &str) -> Result<Vec<String>, BadRequest> {
+    raw.split(',')
+        .map(|path| {
+            if path.split('.').any(str::is_empty) {
+                return Err(BadRequest(format!(
+                    "{name} must be field paths separated by commas (stock,imageUrl), not {raw:?}"
+                )));
+            }
+            Ok(path.chars().fold(String::new(), |mut snake, c| {
+                if c.is_ascii_uppercase() {
+                    snake.push('_');
+                }
+                snake.push(c.to_ascii_lowercase());
+                snake
+            }))
+        })
+        .collect()
+}
+
+/// Appends `paths` to the mask in `field` (a repeated query key adds to it).
+fn add_mask_paths(message: &mut DynamicMessage, field: &FieldDescriptor, paths: Vec<String>) {
+    if let Value::Message(mask) = message.get_field_mut(field)
+        && let Some(Value::List(list)) = mask.get_field_by_name_mut("paths")
+    {
+        list.extend(paths.into_iter().map(Value::String));
+    }
+}
+
+/// Resource fields a derived mask leaves out although the body may carry them: the optimistic
+/// concurrency token (`version` here, `etag` in AIP-154) is the condition of the update, not a
+/// new value, and the server-set times (AIP-148) come along when a client sends back what it
+/// read. The service refuses all of them in a mask, so naming them would fail every
+/// read-modify-write; an explicit mask still reaches the service as given.
+const NOT_CHANGES: [&str; 4] = ["version", "etag", "create_time", "update_time"];
+
+/// Without a mask from the client, a PATCH with a field body (`body: "product"`) gets one, as
+/// grpc-gateway does: proto3 cannot tell `"stock": 0` from no stock, so a service that reads "no
+/// mask" as "every non-empty field" would drop the zero. The mask is the top-level fields of
+/// the resource that the body (or a `product.x` query key) sets, by proto name, less those
+/// bound from the path (they select the resource) and [`NOT_CHANGES`]. Only a request message
+/// with a FieldMask named `update_mask` gets one; with `body: "*"` the client sends its own.
+fn derive_mask(
+    rule: &Rule,
+    bound: &[(String, String)],
+    from_query: &[String],
+    body: &[u8],
+    message: &mut DynamicMessage,
+) -> Result<(), BadRequest> {
+    let input = rule.method.input();
+    let Some(mask_field) = input.get_field_by_name("update_mask").filter(is_field_mask) else {
+        return Ok(());
+    };
+    let Some(Kind::Message(resource)) = input.get_field_by_name(&rule.body).map(|f| f.kind())
+    else {
+        return Ok(());
+    };
+    let sent = match message.get_field(&mask_field).as_ref() {
+        Value::Message(mask) => mask
+            .get_field_by_name("paths")
+            .is_some_and(|paths| matches!(paths.as_ref(), Value::List(l) if !l.is_empty())),
+        _ => false,
+    };
+    if sent {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = from_query.to_vec();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        // The body already parsed as the resource, so it is an object.
+        let object: BTreeMap<String, serde::de::IgnoredAny> = serde_json::from_slice(body)
+            .map_err(|e| BadRequest(format!("the body is not a JSON object: {e}")))?;
+        keys.extend(object.into_keys());
+    }
+    let resolve = |name: &str| {
+        resource
+            .get_field_by_name(name)
+            .or_else(|| resource.get_field_by_json_name(name))
+    };
+    let prefix = format!("{}.", rule.body);
+    let from_path: Vec<FieldDescriptor> = bound
+        .iter()
+        .filter_map(|(field, _)| resolve(field.strip_prefix(&prefix)?))
+        .collect();
+    let mut fields: Vec<FieldDescriptor> = keys
+        .iter()
+        .filter_map(|key| resolve(key))
+        .filter(|f| !from_path.contains(f) && !NOT_CHANGES.contains(&f.name()))
+        .collect();
+    fields.sort_by_key(FieldDescriptor::number);
+    fields.dedup();
+    if !fields.is_empty() {
+        let paths = fields.iter().map(|f| f.name().to_owned()).collect();
+        add_mask_paths(message, &mask_field, paths);
     }
     Ok(())
 }
@@ -157,6 +270,8 @@ pub(crate) fn request(
     for (field, value) in bound {
         set(&mut message, field, value)?;
     }
+    // Fields of a field body set from the query (`product.stock=0`) are changes too.
+    let mut into_body = Vec::new();
     if let Some(query) = query
         && rule.body != "*"
     {
@@ -165,7 +280,15 @@ pub(crate) fn request(
                 return Err(BadRequest(format!("{key} is already set by the path")));
             }
             set(&mut message, &key, &value)?;
+            if let Some([top, field, ..]) = field_path(&input, &key).as_deref()
+                && top.name() == rule.body
+            {
+                into_body.push(field.name().to_owned());
+            }
         }
+    }
+    if rule.http_method == http::Method::PATCH {
+        derive_mask(rule, bound, &into_body, body, &mut message)?;
     }
     Ok(message)
 }
@@ -260,6 +383,101 @@ mod tests {
         assert_eq!(value["product"]["productId"], "p1");
         assert_eq!(value["product"]["name"], "Mug");
         assert_eq!(value["product"]["price"]["amountMinor"], "5");
+    }
+
+    fn mask(message: &DynamicMessage) -> Option<Vec<String>> {
+        let Value::Message(mask) = message.get_field_by_name("update_mask")?.into_owned() else {
+            return None;
+        };
+        let Value::List(paths) = mask.get_field_by_name("paths")?.into_owned() else {
+            return None;
+        };
+        let paths: Vec<String> = paths
+            .iter()
+            .filter_map(|p| p.as_str().map(str::to_owned))
+            .collect();
+        (!paths.is_empty()).then_some(paths)
+    }
+
+    fn patch(rule: &Rule, query: Option<&str>, body: &str) -> DynamicMessage {
+        let bound = [("product.product_id".to_owned(), "p1".to_owned())];
+        request(rule, &bound, query, body.as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_mask_from_the_query_is_passed_on_in_proto_names() {
+        let r = rule("UpdateProduct");
+        let body = r#"{"version":"3","stock":0,"name":"Mug"}"#;
+        let message = patch(&r, Some("updateMask=stock,imageUrl"), body);
+        assert_eq!(
+            mask(&message),
+            Some(vec!["stock".to_owned(), "image_url".to_owned()]),
+            "as given, not derived from the body"
+        );
+        let message = patch(
+            &r,
+            Some("update_mask=image_url&updateMask=price.amountMinor&updateMask=bogus"),
+            body,
+        );
+        assert_eq!(
+            mask(&message),
+            Some(vec![
+                "image_url".to_owned(),
+                "price.amount_minor".to_owned(),
+                "bogus".to_owned()
+            ]),
+            "repeated keys add up; unknown paths are the service's to refuse"
+        );
+        let bound = [("product.product_id".to_owned(), "p1".to_owned())];
+        for query in [
+            "updateMask=",
+            "updateMask=stock,,name",
+            "updateMask=price..currency",
+        ] {
+            assert!(
+                refusal(&r, &bound, Some(query), body)
+                    .starts_with("updateMask must be field paths separated by commas"),
+                "{query}"
+            );
+        }
+        assert!(refusal(&r, &bound, Some("update_mask=.stock"), body).starts_with("update_mask "));
+    }
+
+    #[test]
+    fn without_a_mask_a_patch_changes_the_fields_its_body_sends() {
+        let r = rule("UpdateProduct");
+        let message = patch(
+            &r,
+            None,
+            r#"{"stock":0,"productId":"p1","version":"3","imageUrl":"","createTime":"2026-01-01T00:00:00Z","attributes":{}}"#,
+        );
+        assert_eq!(
+            mask(&message),
+            Some(vec![
+                "image_url".to_owned(),
+                "attributes".to_owned(),
+                "stock".to_owned()
+            ]),
+            "zero values count; the path-bound id, version and server times do not"
+        );
+        let message = patch(&r, Some("product.name=Mug"), r#"{"version":"3"}"#);
+        assert_eq!(
+            mask(&message),
+            Some(vec!["name".to_owned()]),
+            "query keys too"
+        );
+        assert_eq!(mask(&patch(&r, None, r#"{"version":"3"}"#)), None);
+        assert_eq!(mask(&patch(&r, None, "")), None);
+
+        let user = rule("UpdateUser");
+        let bound = [("user.user_id".to_owned(), "u1".to_owned())];
+        let message = request(&user, &bound, None, br#"{"display_name":"Ann","roles":[]}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            mask(&message),
+            Some(vec!["display_name".to_owned(), "roles".to_owned()]),
+            "proto names in the body work as well"
+        );
     }
 
     #[test]
