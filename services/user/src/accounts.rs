@@ -102,8 +102,14 @@ impl Accounts {
         email: &str,
         password: &str,
     ) -> Result<(User, TokenPair), Error> {
-        let email = email.trim().to_lowercase();
-        let found = self.store.credentials(&email).await?;
+        let email = crate::domain::normalise_email(email);
+        // No stored email holds NUL (registration refuses it), and PostgreSQL refuses the
+        // byte in a query parameter: answer like any unknown email instead of INTERNAL.
+        let found = if email.contains('\0') {
+            None
+        } else {
+            self.store.credentials(&email).await?
+        };
         let hash = found.as_ref().map(|(_, hash)| hash.as_str());
         let matches = self.passwords.verify(password, hash).await?;
         let user = match found {

@@ -160,6 +160,69 @@ pub(crate) async fn registration_and_login_errors_are_clear_and_do_not_tell_unkn
         )
     );
     assert_eq!(unknown_email, wrong_password);
+
+    // Look-alikes: full-width folds onto ada's address, other scripts and invisibles are refused.
+    assert_eq!(
+        register("ａｄａ@ｅｘａｍｐｌｅ.ｃｏｍ", PASSWORD, "Ada").await,
+        (
+            Code::AlreadyExists,
+            "an account with this email already exists".to_owned()
+        )
+    );
+    assert_eq!(
+        register("\u{430}da@example.com", PASSWORD, "Ada").await,
+        (
+            Code::InvalidArgument,
+            "email must use only ASCII letters, digits and symbols; 'а' (U+0430) is not ASCII"
+                .to_owned()
+        )
+    );
+    for (email, found) in [
+        ("ada\u{200B}@example.com", "U+200B"),
+        ("\u{202E}ada@example.com", "U+202E"),
+        ("ada\u{0}@example.com", "U+0000"),
+    ] {
+        assert_eq!(
+            register(email, PASSWORD, "Ada").await,
+            (
+                Code::InvalidArgument,
+                format!("email must not contain invisible or control characters (found {found})")
+            ),
+            "{email:?}"
+        );
+    }
+    assert_eq!(
+        register("carol@example", PASSWORD, "Carol").await.0,
+        Code::InvalidArgument
+    );
+    assert_eq!(
+        register("carol@example.com", &" ".repeat(12), "Carol").await,
+        (
+            Code::InvalidArgument,
+            "password must not be only spaces".to_owned()
+        )
+    );
+    assert_eq!(
+        register("carol@example.com", PASSWORD, "Carol\u{1B}[2J").await,
+        (
+            Code::InvalidArgument,
+            "display_name must not contain invisible or control characters (found U+001B)"
+                .to_owned()
+        )
+    );
+    // Login refuses nothing as malformed: a look-alike or a NUL (which PostgreSQL cannot take
+    // as a parameter) is just an unknown email, and full-width finds ada's account.
+    for email in ["\u{430}da@example.com", "ada\u{0}@example.com"] {
+        assert_eq!(
+            code(app.login(email, PASSWORD).await),
+            wrong_password,
+            "{email:?}"
+        );
+    }
+    assert_eq!(
+        code(app.login("ａｄａ@example.com", PASSWORD).await).0,
+        Code::Ok
+    );
     let listed = client
         .list_users(pb::ListUsersRequest::default())
         .await
