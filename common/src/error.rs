@@ -24,6 +24,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
+    /// More work than the service takes at once: retry shortly (a bounded queue is full).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// A dependency (database, broker, another service) did not answer.
     #[error("{dependency} is unavailable")]
     Unavailable {
@@ -63,6 +66,7 @@ impl Error {
             Self::Aborted(_) => Code::Aborted,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Unavailable { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }

@@ -3,6 +3,7 @@
 
 mod binary;
 mod helpers;
+mod memory;
 mod suite;
 
 macro_rules! on_both_backends {
