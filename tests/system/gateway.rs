@@ -278,7 +278,11 @@ async fn request_ids_cors_and_metrics() -> anyhow::Result<()> {
     let (_, headers, _) = http1(foreign).await?;
     assert!(headers.get("access-control-allow-origin").is_none());
 
-    let (status, metrics) = crate::helpers::http_get(&format!("http://{gw}/metrics")).await?;
+    // Kong's metrics are on the metrics port only: the public port does not route `/metrics`.
+    let (status, _) = crate::helpers::http_get(&format!("http://{gw}/metrics")).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let metrics_url = format!("http://{}/metrics", system.endpoints.metrics);
+    let (status, metrics) = crate::helpers::http_get(&metrics_url).await?;
     assert_eq!(status, StatusCode::OK);
     let series =
         r#"kong_http_requests_total{code="200",route="product-browse",service="product-service"}"#;

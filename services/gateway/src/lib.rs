@@ -1,7 +1,7 @@
 //! The local stand-in for Kong: the public REST edge in front of the gRPC services. It reads
 //! `kong/kong.yaml` (the file production Kong runs) and the protos' http annotations, transcodes
 //! REST to gRPC, and applies the plugins it finds there: jwt, rate-limiting, correlation-id,
-//! cors and prometheus (`/metrics`).
+//! cors and prometheus (served on the metrics port, not the public one).
 
 mod codec;
 mod config;
@@ -62,7 +62,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         correlation: kong.global("correlation-id").map(Correlation::from_plugin),
         cors: kong.global("cors").map(Cors::from_plugin),
         max_body_bytes: config.max_body_bytes,
-        metrics: KongMetrics::registered(),
+        metrics: prometheus.then(KongMetrics::registered),
         routes,
         channels,
     });
@@ -71,7 +71,6 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
             "/healthz",
             get(|| async { Json(json!({ "status": "SERVING" })) }),
         )
-        .route("/metrics", get(move || metrics::page(prometheus)))
         .fallback(proxy::handle)
         .with_state(proxy)
         .layer(DispatchLayer::current());

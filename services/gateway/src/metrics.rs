@@ -1,17 +1,12 @@
-//! Kong's `prometheus` plugin: requests and their latency under Kong's metric names, and the
-//! `/metrics` page that shows them.
+//! Kong's `prometheus` plugin: requests and their latency under Kong's metric names. They are
+//! served with the process's other metrics on the metrics port, never on the public port (Kong
+//! too serves them on its status listener, not to the internet).
 
 use std::{sync::LazyLock, time::Duration};
 
-use axum::{
-    http::{StatusCode, header},
-    response::{IntoResponse, Response},
-};
+use axum::http::StatusCode;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts};
 use shop_common::metrics;
-use tonic::Code;
-
-use crate::errors::ApiError;
 
 /// What every proxied request adds to, labelled by Kong service and route.
 #[derive(Clone)]
@@ -57,21 +52,4 @@ impl KongMetrics {
             .with_label_values(&[service, route])
             .observe(took.as_secs_f64() * 1000.0);
     }
-}
-
-/// The `/metrics` page, there only while the `prometheus` plugin is on.
-pub(crate) async fn page(enabled: bool) -> Response {
-    if !enabled {
-        return ApiError::new(
-            StatusCode::NOT_FOUND,
-            Code::NotFound,
-            "the prometheus plugin is off",
-        )
-        .into_response();
-    }
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics::render(),
-    )
-        .into_response()
 }

@@ -31,7 +31,8 @@ pub(crate) struct Proxy {
     pub(crate) correlation: Option<Correlation>,
     pub(crate) cors: Option<Cors>,
     pub(crate) max_body_bytes: usize,
-    pub(crate) metrics: KongMetrics,
+    /// Kong's request metrics, while the `prometheus` plugin is on.
+    pub(crate) metrics: Option<KongMetrics>,
 }
 
 pub(crate) async fn handle(
@@ -62,9 +63,9 @@ pub(crate) async fn handle(
             .headers_mut()
             .insert(correlation.header.clone(), value);
     }
-    proxy
-        .metrics
-        .record(&service, &route, response.status(), started.elapsed());
+    if let Some(metrics) = &proxy.metrics {
+        metrics.record(&service, &route, response.status(), started.elapsed());
+    }
     response
 }
 
