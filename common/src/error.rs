@@ -24,9 +24,14 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
-    /// More work than the service takes at once: retry shortly (a bounded queue is full).
-    #[error("{0}")]
-    ResourceExhausted(String),
+    /// More than the service takes now (a bounded queue is full, or a caller's budget is spent):
+    /// retry after `retry_after`, which travels as `retry-after` metadata (whole seconds) and
+    /// becomes the gateway's `Retry-After` header.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A dependency (database, broker, another service) did not answer.
     #[error("{dependency} is unavailable")]
     Unavailable {
@@ -53,6 +58,13 @@ impl Error {
         }
     }
 
+    pub fn exhausted(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self::ResourceExhausted {
+            message: message.into(),
+            retry_after,
+        }
+    }
+
     pub fn internal(source: impl Into<BoxError>) -> Self {
         Self::Internal(source.into())
     }
@@ -66,7 +78,7 @@ impl Error {
             Self::Aborted(_) => Code::Aborted,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::ResourceExhausted { .. } => Code::ResourceExhausted,
             Self::Unavailable { .. } => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
         }
@@ -82,9 +94,19 @@ impl From<Error> for Status {
             Error::Internal(source) => tracing::error!(error = %source, "internal error"),
             _ => {}
         }
-        Status::new(error.code(), error.to_string())
+        let mut status = Status::new(error.code(), error.to_string());
+        if let Error::ResourceExhausted { retry_after, .. } = &error {
+            let seconds = retry_after.as_secs_f64().ceil().max(1.0) as u64;
+            if let Ok(value) = seconds.to_string().parse() {
+                status.metadata_mut().insert(RETRY_AFTER, value);
+            }
+        }
+        status
     }
 }
+
+/// The metadata key saying how many seconds to wait before retrying.
+pub const RETRY_AFTER: &str = "retry-after";
 
 #[cfg(test)]
 mod tests {

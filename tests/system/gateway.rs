@@ -392,3 +392,33 @@ async fn patch_applies_zero_values_and_honours_an_update_mask_from_the_query() -
     assert!(message.starts_with("updateMask "), "{body}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sign_in_routes_have_their_own_tighter_budget_per_ip() -> anyhow::Result<()> {
+    let system = spawn_system().await?;
+    let gw = system.endpoints.gateway;
+    // kong.yaml gives /v1/auth/* 5 a second and 30 a minute per IP; a bogus refresh token is
+    // refused fast, so 40 in a row must run into the limit whatever the machine's speed.
+    let body = r#"{"refreshToken":"not-a-token"}"#;
+    let mut limited = None;
+    for _ in 0..40 {
+        let (status, headers, answer) =
+            call(gw, Method::POST, "/v1/auth/refresh", None, body).await?;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((headers, answer));
+            break;
+        }
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    }
+    let (headers, answer) = limited.context("40 sign-in calls from one IP were never limited")?;
+    assert_eq!(answer["code"], 8);
+    assert!(headers.get("retry-after").is_some(), "{headers:?}");
+    assert_eq!(
+        headers.get("ratelimit-limit").map(|v| v.as_bytes()),
+        Some(&b"5"[..])
+    );
+    // The rest of the API keeps its own, larger budget.
+    let (status, _, _) = call(gw, Method::GET, "/v1/products?pageSize=1", None, "").await?;
+    assert_eq!(status, StatusCode::OK);
+    Ok(())
+}

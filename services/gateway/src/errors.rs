@@ -36,6 +36,8 @@ pub(crate) struct ApiError {
     pub(crate) code: Code,
     pub(crate) message: String,
     pub(crate) allow: Option<String>,
+    /// Seconds for `Retry-After`.
+    pub(crate) retry_after: Option<String>,
 }
 
 impl ApiError {
@@ -45,6 +47,7 @@ impl ApiError {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -52,8 +55,19 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, Code::InvalidArgument, message)
     }
 
+    /// The service's answer as REST. Overload and spent budgets (RESOURCE_EXHAUSTED, UNAVAILABLE)
+    /// say when to come back: the service's `retry-after` metadata, else one second.
     pub(crate) fn from_status(status: &tonic::Status) -> Self {
-        Self::new(http_status(status.code()), status.code(), status.message())
+        let mut error = Self::new(http_status(status.code()), status.code(), status.message());
+        if matches!(status.code(), Code::ResourceExhausted | Code::Unavailable) {
+            let told = status
+                .metadata()
+                .get(shop_common::error::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.parse::<u64>().is_ok());
+            error.retry_after = Some(told.unwrap_or("1").to_owned());
+        }
+        error
     }
 }
 
@@ -67,6 +81,12 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(body)).into_response();
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             response.headers_mut().insert(header::ALLOW, allow);
+        }
+        if let Some(seconds) = self
+            .retry_after
+            .and_then(|s| HeaderValue::from_str(&s).ok())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, seconds);
         }
         response
     }
@@ -96,5 +116,35 @@ mod tests {
         for (code, http) in table {
             assert_eq!(http_status(code).as_u16(), http, "{code:?}");
         }
+    }
+
+    #[test]
+    fn a_spent_budget_or_overload_says_when_to_come_back() {
+        let mut throttled = tonic::Status::resource_exhausted("too many failed sign-ins");
+        throttled.metadata_mut().insert(
+            "retry-after",
+            tonic::metadata::MetadataValue::from_static("8"),
+        );
+        let response = ApiError::from_status(&throttled).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"8"[..])
+        );
+        let overloaded = ApiError::from_status(&tonic::Status::unavailable("busy")).into_response();
+        assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            overloaded
+                .headers()
+                .get(header::RETRY_AFTER)
+                .map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let refused =
+            ApiError::from_status(&tonic::Status::not_found("no such order")).into_response();
+        assert!(refused.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::rate_limit::LimitBy;
+
 /// Plugins the gateway implements; any other name in the file is refused at start-up.
 pub(crate) const KNOWN_PLUGINS: [&str; 6] = [
     "grpc-gateway",
@@ -133,6 +135,18 @@ impl KongConfig {
                 unknown.join(", "),
                 KNOWN_PLUGINS.join(", ")
             )));
+        }
+        for (owner, plugin) in config.all_plugins() {
+            if plugin.name == "rate-limiting"
+                && let Some(by) = plugin.str("limit_by")
+                && !LimitBy::KNOWN.contains(&by)
+            {
+                return Err(invalid(format!(
+                    "rate-limiting on {owner}: limit_by {by:?} is not one the local gateway \
+                     implements ({})",
+                    LimitBy::KNOWN.join(", ")
+                )));
+            }
         }
         for service in &config.services {
             if !service.plugins.iter().any(|p| p.name == "grpc-gateway") {

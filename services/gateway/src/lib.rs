@@ -59,6 +59,14 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         limiter: kong
             .global("rate-limiting")
             .and_then(RateLimiter::from_plugin),
+        route_limiters: routes
+            .routes
+            .iter()
+            .filter_map(|route| {
+                let limiter = RateLimiter::from_plugin(route.plugin("rate-limiting")?)?;
+                Some((route.name.clone(), limiter))
+            })
+            .collect(),
         correlation: kong.global("correlation-id").map(Correlation::from_plugin),
         cors: kong.global("cors").map(Cors::from_plugin),
         max_body_bytes: config.max_body_bytes,

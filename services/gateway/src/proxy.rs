@@ -1,7 +1,7 @@
 //! The handler of every REST request: the plugins in Kong's order (correlation-id, cors, jwt,
 //! rate-limiting), the route, the upstream call, and the request's metrics.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Instant};
 
 use axum::{
     extract::{ConnectInfo, Request, State},
@@ -16,7 +16,7 @@ use crate::{
     errors::ApiError,
     metrics::KongMetrics,
     plugins::{Correlation, Cors, Jwt},
-    rate_limit::RateLimiter,
+    rate_limit::{LimitBy, RateLimiter},
     routing::{Found, Routes},
     upstream::{self, Target},
 };
@@ -27,7 +27,10 @@ pub(crate) struct Proxy {
     pub(crate) routes: Routes,
     pub(crate) channels: Vec<TracedChannel>,
     pub(crate) jwt: Jwt,
+    /// The global `rate-limiting` plugin.
     pub(crate) limiter: Option<RateLimiter>,
+    /// Route-level `rate-limiting` plugins by route name; each replaces the global one there.
+    pub(crate) route_limiters: HashMap<String, RateLimiter>,
     pub(crate) correlation: Option<Correlation>,
     pub(crate) cors: Option<Cors>,
     pub(crate) max_body_bytes: usize,
@@ -135,15 +138,24 @@ async fn route_and_call(
     };
     let labels = |response: Response| (response, upstream.name.clone(), route.name.clone());
 
-    let mut client = format!("ip:{}", peer.ip());
+    let mut consumer = None;
     if route.plugin("jwt").is_some() {
         match proxy.jwt.verify(&parts.headers).await {
-            Ok(claims) => client = format!("consumer:{}", claims.sub),
+            // Kong's jwt plugin maps the token to the consumer whose credential its `iss` names.
+            Ok(claims) => consumer = Some(format!("consumer:{}", claims.iss)),
             Err(error) => return labels(error.into_response()),
         }
     }
     let mut limit_headers = Vec::new();
-    if let Some(limiter) = &proxy.limiter {
+    let limiter = proxy
+        .route_limiters
+        .get(&route.name)
+        .or(proxy.limiter.as_ref());
+    if let Some(limiter) = limiter {
+        let client = match (limiter.limit_by, consumer) {
+            (LimitBy::Consumer, Some(consumer)) => consumer,
+            _ => format!("ip:{}", peer.ip()),
+        };
         let verdict = limiter.check(&client, Instant::now());
         limit_headers = verdict.headers;
         if !verdict.allowed {
@@ -163,6 +175,7 @@ async fn route_and_call(
         upstream,
         rule,
         bound: &bound,
+        peer: peer.ip(),
     };
     let mut response = upstream::call(&target, parts, body, proxy.max_body_bytes, request_id).await;
     add_headers(response.headers_mut(), &limit_headers);

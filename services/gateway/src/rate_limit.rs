@@ -1,7 +1,10 @@
 //! Kong's `rate-limiting` plugin, locally: for each configured window (`second`, `minute`,
-//! `hour`, `day`) a token bucket per client (the token's subject, else the client IP) that holds
-//! the window's limit and refills evenly over the window. A request takes one token from every
-//! bucket; with any bucket empty it is refused with 429 and told when to retry.
+//! `hour`, `day`) a token bucket per client that holds the window's limit and refills evenly
+//! over the window. A request takes one token from every bucket; with any bucket empty it is
+//! refused with 429 and told when to retry. The client is what `limit_by` says, as in Kong: the
+//! IP, or the consumer, which for the `jwt` plugin is the credential the token's `iss` names, so
+//! every user of one issuer shares one consumer's budget (which is why kong.yaml limits by IP).
+//! A plugin on a route replaces the global one for that route, with buckets of its own.
 
 use std::{
     collections::HashMap,
@@ -38,8 +41,29 @@ pub(crate) struct Verdict {
     pub(crate) headers: Vec<(String, String)>,
 }
 
+/// Whose bucket a request takes from (Kong's `limit_by`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LimitBy {
+    Ip,
+    /// The authenticated consumer; the IP when the route has no `jwt` plugin.
+    Consumer,
+}
+
+impl LimitBy {
+    /// The `limit_by` values this gateway implements (Kong's default is `consumer`).
+    pub(crate) const KNOWN: [&str; 3] = ["consumer", "credential", "ip"];
+
+    fn of(plugin: &Plugin) -> Self {
+        match plugin.str("limit_by") {
+            Some("ip") => Self::Ip,
+            _ => Self::Consumer,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
+    pub(crate) limit_by: LimitBy,
     windows: Vec<Window>,
     buckets: Mutex<HashMap<String, Vec<Bucket>>>,
 }
@@ -58,6 +82,7 @@ impl RateLimiter {
             })
             .collect();
         (!windows.is_empty()).then(|| Self {
+            limit_by: LimitBy::of(plugin),
             windows,
             buckets: Mutex::new(HashMap::new()),
         })

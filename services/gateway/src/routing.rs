@@ -320,7 +320,7 @@ mod tests {
         let drift = routes(&extra).drift();
         assert_eq!(
             drift,
-            ["route user-public path /v1/auth/logout reaches no method of user-service"]
+            ["route user-auth path /v1/auth/logout reaches no method of user-service"]
         );
     }
 
@@ -346,7 +346,7 @@ mod tests {
         );
         assert_eq!(
             found(Method::POST, "/v1/users:register"),
-            "Register via user-public []"
+            "Register via user-auth []"
         );
         assert_eq!(
             found(Method::GET, "/v1/orders/o1/payments"),

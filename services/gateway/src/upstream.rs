@@ -27,6 +27,9 @@ pub(crate) struct Target<'a> {
     pub(crate) upstream: &'a Upstream,
     pub(crate) rule: &'a Rule,
     pub(crate) bound: &'a [(String, String)],
+    /// The client's address, appended to `x-forwarded-for` as Kong does, so the service can
+    /// tell clients apart (user-service throttles failed sign-ins per client).
+    pub(crate) peer: std::net::IpAddr,
 }
 
 /// Transcodes the request (refusing a body over `max_body_bytes`), calls the upstream, and
@@ -64,6 +67,17 @@ pub(crate) async fn call(
         && let Ok(value) = id.parse()
     {
         outgoing.metadata_mut().insert("x-request-id", value);
+    }
+    let forwarded = match parts
+        .headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(earlier) => format!("{earlier}, {}", target.peer),
+        None => target.peer.to_string(),
+    };
+    if let Ok(value) = forwarded.parse() {
+        outgoing.metadata_mut().insert("x-forwarded-for", value);
     }
     let path = format!(
         "/{}/{}",

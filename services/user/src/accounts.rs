@@ -2,7 +2,7 @@
 //! in, refresh, read, change and delete accounts, and issue service tokens. Who may see or change
 //! which account is decided here.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
 use shop_common::{
@@ -20,6 +20,7 @@ use crate::{
     domain::{DisplayName, Email, NewUser, Password, User, UserChanges},
     passwords::Passwords,
     store::{NewRefreshToken, Rotation, UserStore},
+    throttle::LoginThrottle,
     tokens::{TokenIssuer, hash_refresh_token},
 };
 
@@ -39,6 +40,7 @@ pub(crate) struct Accounts {
     pub(crate) passwords: Passwords,
     pub(crate) tokens: TokenIssuer,
     pub(crate) clients: ServiceClients,
+    pub(crate) throttle: LoginThrottle,
 }
 
 impl Accounts {
@@ -101,8 +103,21 @@ impl Accounts {
         &self,
         email: &str,
         password: &str,
+        client: &str,
     ) -> Result<(User, TokenPair), Error> {
         let email = crate::domain::normalise_email(email);
+        let attempt = self
+            .throttle
+            .attempt(&email, client, Instant::now())
+            .map_err(|wait| {
+                Error::exhausted(
+                    format!(
+                        "too many failed sign-ins; try again in {} s",
+                        wait.as_secs_f64().ceil().max(1.0)
+                    ),
+                    wait,
+                )
+            })?;
         // No stored email holds NUL (registration refuses it), and PostgreSQL refuses the
         // byte in a query parameter: answer like any unknown email instead of INTERNAL.
         let found = if email.contains('\0') {
@@ -116,6 +131,7 @@ impl Accounts {
             Some((user, _)) if matches => user,
             _ => return Err(Error::Unauthenticated(BAD_CREDENTIALS.to_owned())),
         };
+        self.throttle.succeeded(attempt);
         let refresh = self.tokens.refresh_token();
         self.store
             .add_refresh_token(&NewRefreshToken {

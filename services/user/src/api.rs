@@ -133,8 +133,12 @@ impl UserService for UserApi {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         // No validation message here: it would tell a malformed email from an unknown one.
+        let client = client_of(&request);
         let req = request.into_inner();
-        let (user, tokens) = self.accounts.login(&req.email, &req.password).await?;
+        let (user, tokens) = self
+            .accounts
+            .login(&req.email, &req.password, &client)
+            .await?;
         Ok(Response::new(pb::LoginResponse {
             tokens: Some(pair_to_pb(tokens)),
             user: Some(to_pb(&user)),
@@ -250,5 +254,24 @@ impl UserService for UserApi {
             access_token,
             expires_in: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         }))
+    }
+}
+
+/// Who is signing in, for the throttle: the address the nearest proxy saw (the last
+/// `x-forwarded-for` entry, which Kong or the gateway appended), else the connection's peer.
+/// A direct caller can write its own `x-forwarded-for`; that only moves it to another
+/// per-client count, and the per-account count still holds.
+fn client_of<T>(request: &Request<T>) -> String {
+    let forwarded = request
+        .metadata()
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.rsplit(',').next())
+        .map(str::trim)
+        .filter(|v| !v.is_empty());
+    match (forwarded, request.remote_addr()) {
+        (Some(address), _) => address.to_owned(),
+        (None, Some(peer)) => peer.ip().to_string(),
+        (None, None) => "unknown".to_owned(),
     }
 }

@@ -9,6 +9,7 @@ mod domain;
 mod keys;
 mod passwords;
 mod store;
+mod throttle;
 mod tokens;
 
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use shop_proto::user::v1::user_service_server::UserServiceServer;
 
 use crate::{
     accounts::Accounts, api::UserApi, clients::ServiceClients, passwords::Passwords,
-    store::UserStore, tokens::TokenIssuer,
+    store::UserStore, throttle::LoginThrottle, tokens::TokenIssuer,
 };
 
 /// The name this service logs and reports under.
@@ -62,6 +63,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
             config.service_token_ttl,
         ),
         clients,
+        throttle: LoginThrottle::default(),
     };
     for seed in &seeds {
         accounts

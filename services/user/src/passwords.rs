@@ -10,6 +10,7 @@ use std::{
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     thread,
+    time::Duration,
 };
 
 use argon2::{
@@ -91,9 +92,10 @@ impl Hasher {
             let _ = done.send(work(memory));
         });
         self.jobs.try_send(job).map_err(|error| match error {
-            TrySendError::Full(_) => {
-                Error::ResourceExhausted("too many sign-ins at once; retry in a moment".to_owned())
-            }
+            TrySendError::Full(_) => Error::exhausted(
+                "too many sign-ins at once; retry in a moment",
+                Duration::from_secs(1),
+            ),
             TrySendError::Disconnected(_) => Error::internal("the password hasher has stopped"),
         })?;
         result
@@ -244,7 +246,7 @@ mod tests {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         let refused = hasher.run(|_| true).await;
         assert!(
-            matches!(refused, Err(Error::ResourceExhausted(_))),
+            matches!(refused, Err(Error::ResourceExhausted { .. })),
             "{refused:?}"
         );
         let _ = release.send(());

@@ -5,6 +5,7 @@ mod binary;
 mod helpers;
 mod memory;
 mod suite;
+mod throttle;
 
 macro_rules! on_both_backends {
     ($($test:ident),* $(,)?) => {
