@@ -5,4 +5,5 @@
 pub mod dlq;
 pub mod load;
 pub mod probe;
+pub mod signing_key;
 pub mod up;

@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// A Kong declarative file for the gateway instead of the built-in `kong/kong.yaml`.
     #[arg(long, env = "SHOP_KONG_CONFIG")]
     pub kong_config: Option<PathBuf>,
+    /// PEM RSA private key that signs tokens. Unset: `signing-key.pem` in `--data-dir`,
+    /// generated on the first start (mode 0600) and kept, so restarts keep sessions valid.
+    #[arg(long, env = "SHOP_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
     /// RabbitMQ URL for the events. Unset: an in-process bus with the same guarantees.
     #[arg(long, env = "SHOP_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
@@ -80,6 +84,7 @@ impl UpArgs {
             database_url: None,
             mongodb_url: None,
             kong_config: None,
+            signing_key_file: None,
             amqp_url: None,
             shutdown: ShutdownArgs::default(),
         }
@@ -199,6 +204,11 @@ pub async fn start(
     let mut user_config =
         user_service::Config::local(endpoints.user, database_url(args, "user").await?);
     user_config.shutdown = timing.clone();
+    user_config.allow_generated_key = false;
+    user_config.signing_key_file = Some(match &args.signing_key_file {
+        Some(path) => path.clone(),
+        None => crate::signing_key::in_data_dir(&args.data_dir)?,
+    });
     user_config.seed_users = DEMO_ACCOUNTS
         .iter()
         .map(|(role, email, password)| user_service::SeedUser {

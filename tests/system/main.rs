@@ -9,3 +9,4 @@ mod observability;
 mod process;
 mod saga;
 mod server_kit;
+mod sessions;
