@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shop::{
     dlq::{self, DlqArgs},
-    load::{self, LoadArgs},
+    load::{self, LoadCommand},
     probe::{self, ProbeArgs},
     up::{self, UpArgs},
 };
@@ -28,8 +28,10 @@ struct Cli {
 enum Command {
     /// Run every service and the gateway in this process, on the embedded defaults.
     Up(UpArgs),
-    /// Load an HTTP endpoint (the gateway) and report throughput and latency.
-    Load(LoadArgs),
+    /// Load the shop with virtual shoppers (REST or gRPC, closed or open model) and report
+    /// latency from each request's due time, throughput and errors. Exits 1 above
+    /// --max-error-rate, 2 when it cannot run.
+    Load(LoadCommand),
     /// Health-check gRPC servers and GET URLs: exits 0 when every check passes.
     Probe(ProbeArgs),
     /// Inspect and replay events.
@@ -50,10 +52,21 @@ async fn main() -> ExitCode {
         telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
     let code = match cli.command {
         Command::Up(args) => run_up(&args, &telemetry).await,
-        Command::Load(args) => match load::run(&args).await {
-            Ok(report) => {
-                println!("{report}");
-                ExitCode::SUCCESS
+        Command::Load(args) => match load::execute(&args).await {
+            Ok(summary) => {
+                println!("{summary}");
+                if summary.passed() {
+                    ExitCode::SUCCESS
+                } else {
+                    eprintln!(
+                        "error: {} errors in {} requests ({:.2}%) exceed --max-error-rate {}",
+                        summary.errors,
+                        summary.requests,
+                        summary.error_rate() * 100.0,
+                        summary.max_error_rate
+                    );
+                    ExitCode::FAILURE
+                }
             }
             Err(error) => {
                 eprintln!("error: {error}");
