@@ -17,7 +17,7 @@ use crate::{
         self, BusError, EventBus, EventHandler, RabbitBus, Subscription,
         outbox::{Outbox, OutboxRelay, RelayConfig},
     },
-    grpc::{GrpcServer, ServeError},
+    grpc::{Check, GrpcServer, Readiness, ServeError},
     storage::{Db, StorageError},
 };
 
@@ -92,6 +92,8 @@ pub struct Service {
     /// still runs while in-flight calls drain.
     stop: CancellationToken,
     tasks: JoinSet<()>,
+    /// What health waits for and follows: the database, once [`Service::database`] opened it.
+    readiness: Readiness,
 }
 
 impl Service {
@@ -122,6 +124,7 @@ impl Service {
             shutdown: start.shutdown,
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
+            readiness: Readiness::default(),
         })
     }
 
@@ -134,6 +137,7 @@ impl Service {
             shutdown: start.shutdown,
             stop: CancellationToken::new(),
             tasks: JoinSet::new(),
+            readiness: Readiness::default(),
         }
     }
 
@@ -161,12 +165,28 @@ impl Service {
             backend = db.backend().name(),
             "store ready"
         );
+        let answers = db.clone();
+        self.require(
+            "database",
+            Arc::new(move || {
+                let db = answers.clone();
+                Box::pin(async move { db.ping().await.map_err(|e| e.to_string()) })
+            }),
+        );
         let stop = self.stopping();
         let pool = db.pool().clone();
         self.spawn(crate::metrics::report_pool(
             self.name, pool, POOL_EVERY, stop,
         ));
         Ok(db)
+    }
+
+    /// Makes health follow `dependency`: NOT_SERVING while `check` fails. The database opened
+    /// by [`Service::database`] is required already; a store of another kind adds its own. The
+    /// broker is not: the outbox keeps what is published while it is away, so requests can
+    /// still be served (and it answered at start, or the service would not have started).
+    pub fn require(&mut self, dependency: &'static str, check: Check) {
+        self.readiness.require(dependency, check);
     }
 
     /// The keys that verify callers' tokens, fetched from user-service and kept fresh.
@@ -232,7 +252,10 @@ impl Service {
     /// Serves `server` until shutdown, then stops the background tasks and waits for them.
     pub async fn serve(self, server: GrpcServer) -> Result<(), StartError> {
         let listener = self.listener;
-        let served = server.serve(listener, self.shutdown).await;
+        let served = server
+            .ready_while(self.readiness)
+            .serve(listener, self.shutdown)
+            .await;
         finish(self.stop, self.tasks).await;
         Ok(served?)
     }

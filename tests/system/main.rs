@@ -7,6 +7,7 @@ mod gateway;
 mod helpers;
 mod observability;
 mod process;
+mod readiness;
 mod saga;
 mod server_kit;
 mod sessions;

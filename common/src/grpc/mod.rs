@@ -2,6 +2,7 @@
 
 mod abortable;
 mod context;
+mod readiness;
 mod red;
 mod server;
 mod status;
@@ -9,6 +10,7 @@ mod undecodable;
 
 pub(crate) use context::rpc_names;
 pub use context::{REQUEST_ID_HEADER, RequestContextLayer};
+pub use readiness::{Check, Readiness, ReadinessTiming};
 pub use red::RedMetricsLayer;
 pub use server::{GrpcServer, LIVENESS, ServeError};
 pub(crate) use status::{OnStatus, StatusBody, record_on, status_in};

@@ -1,7 +1,7 @@
 //! The server builder every service uses: health, reflection (v1 and v1alpha), grpc-web,
 //! request context, RED metrics and graceful shutdown, so no service repeats them.
 
-use std::{convert::Infallible, future::Future, pin::Pin, time::Duration};
+use std::{convert::Infallible, time::Duration};
 
 use http::{Request, Response};
 use tokio::net::TcpListener;
@@ -17,7 +17,11 @@ use tower::Service;
 
 use tokio_stream::StreamExt as _;
 
-use super::{RedMetricsLayer, RequestContextLayer, UndecodableLayer, abortable::Abortable};
+use tracing::instrument::WithSubscriber as _;
+
+use super::{
+    Readiness, RedMetricsLayer, RequestContextLayer, UndecodableLayer, abortable::Abortable,
+};
 use crate::{auth::AuthLayer, config::ShutdownArgs, telemetry::DispatchLayer};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -37,17 +41,15 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
 }
 
-type ReadyFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A gRPC server under construction. Add the service's API with [`GrpcServer::add_service`], say
-/// when its dependencies answer with [`GrpcServer::ready_when`], then [`GrpcServer::serve`].
+/// A gRPC server under construction. Add the service's API with [`GrpcServer::add_service`], name
+/// the dependencies readiness follows with [`GrpcServer::ready_while`], then [`GrpcServer::serve`].
 pub struct GrpcServer {
     name: String,
     routes: RoutesBuilder,
     services: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     health: HealthReporter,
-    ready: Option<ReadyFuture>,
+    readiness: Readiness,
     auth: Option<AuthLayer>,
     shutdown: ShutdownArgs,
 }
@@ -68,7 +70,7 @@ impl GrpcServer {
             services: Vec::new(),
             descriptor_sets: vec![descriptor_set],
             health,
-            ready: None,
+            readiness: Readiness::default(),
             auth: None,
             shutdown,
         }
@@ -89,10 +91,11 @@ impl GrpcServer {
         self
     }
 
-    /// Health stays NOT_SERVING until `ready` completes (e.g. the database answered a ping).
-    /// Without it the server is ready as soon as it listens.
-    pub fn ready_when(mut self, ready: impl Future<Output = ()> + Send + 'static) -> Self {
-        self.ready = Some(Box::pin(ready));
+    /// Health is SERVING while every dependency of `readiness` answers (checked at start and
+    /// then every few seconds), NOT_SERVING otherwise. Without any, the server is ready as soon
+    /// as it listens.
+    pub fn ready_while(mut self, readiness: Readiness) -> Self {
+        self.readiness = readiness;
         self
     }
 
@@ -121,7 +124,7 @@ impl GrpcServer {
             services,
             descriptor_sets,
             health,
-            ready,
+            readiness,
             auth,
             shutdown: timing,
         } = self;
@@ -155,18 +158,16 @@ impl GrpcServer {
             }
         }
 
-        let readiness = {
-            let health = health.clone();
-            let names: Vec<String> = health_names.iter().map(|s| (*s).to_owned()).collect();
-            let name = name.clone();
-            async move {
-                if let Some(ready) = ready {
-                    ready.await;
-                }
-                set_status(&health, &names, ServingStatus::Serving).await;
-                tracing::info!(service = %name, "serving");
-            }
-        };
+        let watcher = tokio::spawn(
+            readiness
+                .watch(
+                    name.clone(),
+                    health.clone(),
+                    health_names.iter().map(|s| (*s).to_owned()).collect(),
+                )
+                .with_current_subscriber(),
+        );
+        let stop_watching = watcher.abort_handle();
 
         let drained = {
             let shutdown = shutdown.clone();
@@ -176,6 +177,9 @@ impl GrpcServer {
             let drain_delay = timing.shutdown_drain_delay;
             async move {
                 shutdown.cancelled().await;
+                // Stopped and gone before NOT_SERVING is set, so no late check turns it back.
+                watcher.abort();
+                let _ = watcher.await;
                 set_status(&health, &names, ServingStatus::NotServing).await;
                 tracing::info!(service = %name, ?drain_delay, "not serving; draining");
                 tokio::time::sleep(drain_delay).await;
@@ -199,15 +203,14 @@ impl GrpcServer {
             tokio::time::sleep(timing.shutdown_drain_delay + timing.shutdown_grace_period).await;
         };
 
-        tokio::pin!(server, readiness, deadline);
-        let mut ready_done = false;
+        tokio::pin!(server, deadline);
         loop {
             tokio::select! {
                 result = &mut server => {
+                    stop_watching.abort();
                     tracing::info!(service = %name, "grpc server stopped");
                     return result.map_err(ServeError::from);
                 }
-                () = &mut readiness, if !ready_done => ready_done = true,
                 () = &mut deadline, if !abort.is_cancelled() => {
                     tracing::warn!(service = %name, grace = ?timing.shutdown_grace_period, "grace period over; closing connections with calls in flight");
                     abort.cancel();

@@ -58,9 +58,17 @@ async fn open_store(service: &mut Service, url: &str) -> Result<Arc<dyn ProductS
     const SETTING: &str = "PRODUCT_DATABASE_URL";
     match Backend::of(SETTING, url)? {
         Backend::MongoDb => {
-            let store = MongoStore::connect(SETTING, url).await?;
+            let store = Arc::new(MongoStore::connect(SETTING, url).await?);
             tracing::info!(service = NAME, backend = "mongodb", "store ready");
-            Ok(Arc::new(store))
+            let answers = store.clone();
+            service.require(
+                "database",
+                Arc::new(move || {
+                    let store = answers.clone();
+                    Box::pin(async move { store.ping().await })
+                }),
+            );
+            Ok(store)
         }
         Backend::Postgres | Backend::Sqlite => {
             let db = service.database(SETTING, url, &store::MIGRATOR).await?;

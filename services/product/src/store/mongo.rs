@@ -136,6 +136,17 @@ fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
 impl MongoStore {
     /// Connects (the database is the URL's path, `shop_product` without one) and creates the
     /// indexes: unique sku, and the list order with and without a category.
+    /// Whether the server answers a `ping` (readiness).
+    pub(crate) async fn ping(&self) -> Result<(), String> {
+        self.products
+            .client()
+            .database("admin")
+            .run_command(mongodb::bson::doc! { "ping": 1 })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     pub(crate) async fn connect(setting: &str, url: &str) -> Result<Self, ConfigError> {
         let mut options = ClientOptions::parse(url)
             .await
