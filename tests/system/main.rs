@@ -5,6 +5,7 @@ mod deployment;
 mod dlq_cli;
 mod gateway;
 mod helpers;
+mod load;
 mod observability;
 mod process;
 mod readiness;
