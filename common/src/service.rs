@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::instrument::WithSubscriber as _;
 
 use crate::{
-    auth::RemoteKeys,
+    auth::{RemoteKeys, RevocationStore, Revocations},
     config::{ConfigError, EventArgs, JwtArgs, ShutdownArgs},
     events::{
         self, BusError, EventBus, EventHandler, RabbitBus, Subscription,
@@ -200,6 +200,23 @@ impl Service {
         let stop = self.stopping();
         self.spawn(async move { jwks.refresh_every(RemoteKeys::REFRESH_EVERY, stop).await });
         Ok(keys)
+    }
+
+    /// The service's revocation list, loaded from `store` now and kept in step with it (see
+    /// [`Revocations::maintain`]); its events come through [`Revocations::handling`].
+    pub async fn revocations(
+        &mut self,
+        store: Arc<dyn RevocationStore>,
+    ) -> Result<Arc<Revocations>, StartError> {
+        let revocations = Arc::new(
+            Revocations::load(self.name, store)
+                .await
+                .map_err(|e| StartError::step("revocation list", e))?,
+        );
+        let maintained = revocations.clone();
+        let stop = self.stopping();
+        self.spawn(async move { maintained.maintain(stop).await });
+        Ok(revocations)
     }
 
     /// Publishes what `db`'s outbox holds, once the bus has it; without a bus the events wait.

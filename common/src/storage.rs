@@ -118,10 +118,12 @@ impl Db {
         self
     }
 
-    /// Applies the service's migrations and installs the outbox tables; safe at every start.
+    /// Applies the service's migrations and installs the outbox and revocation tables; safe at
+    /// every start.
     pub async fn migrate(&self, migrator: &Migrator) -> Result<(), StorageError> {
         migrator.run(&self.pool).await?;
         outbox::install(self).await?;
+        crate::auth::revocation::install(self).await?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 use crate::events::v1::{
     OrderCancelled, OrderConfirmed, OrderCreated, PaymentFailed, PaymentRefunded, PaymentSucceeded,
     ProductCreated, ProductDeleted, ProductUpdated, StockReleased, StockReserved, UserDeleted,
-    UserRegistered,
+    UserRegistered, UserSessionsRevoked,
 };
 
 /// A domain event: a protobuf message with a fixed type name and aggregate.
@@ -35,6 +35,7 @@ macro_rules! domain_events {
 domain_events! {
     UserRegistered => "user.registered", "user", user_id;
     UserDeleted => "user.deleted", "user", user_id;
+    UserSessionsRevoked => "user.sessions_revoked", "user", user_id;
     ProductCreated => "product.created", "product", product_id;
     ProductUpdated => "product.updated", "product", product_id;
     ProductDeleted => "product.deleted", "product", product_id;
@@ -58,6 +59,7 @@ mod tests {
         for name in [
             UserRegistered::TYPE,
             UserDeleted::TYPE,
+            UserSessionsRevoked::TYPE,
             ProductCreated::TYPE,
             ProductUpdated::TYPE,
             ProductDeleted::TYPE,

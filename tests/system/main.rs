@@ -9,6 +9,7 @@ mod load;
 mod observability;
 mod process;
 mod readiness;
+mod revocation;
 mod saga;
 mod server_kit;
 mod sessions;

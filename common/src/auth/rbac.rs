@@ -12,7 +12,7 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::{AuthError, Claims, KeySource, Role, Verifier, bearer_token};
+use super::{AuthError, Claims, KeySource, RevocationList, Role, Verifier, bearer_token};
 
 #[derive(Debug, Clone, Copy)]
 pub enum Access {
@@ -54,13 +54,15 @@ impl Policy {
     }
 }
 
-/// Verifies the bearer token and enforces the policy before a call reaches its handler; the
-/// claims travel on in the request extensions (`request.extensions().get::<Claims>()`).
+/// Verifies the bearer token, refuses revoked sessions and enforces the policy before a call
+/// reaches its handler; the claims travel on in the request extensions
+/// (`request.extensions().get::<Claims>()`).
 #[derive(Clone)]
 pub struct AuthLayer {
     verifier: Arc<Verifier>,
     policy: Policy,
     key_source: Option<Arc<dyn KeySource>>,
+    revocations: Option<Arc<RevocationList>>,
 }
 
 impl AuthLayer {
@@ -69,6 +71,7 @@ impl AuthLayer {
             verifier,
             policy,
             key_source: None,
+            revocations: None,
         }
     }
 
@@ -79,8 +82,19 @@ impl AuthLayer {
         self
     }
 
+    /// Refuses tokens issued before their user's sessions were revoked (see
+    /// [`super::revocation`]).
+    pub fn with_revocations(mut self, revocations: Arc<RevocationList>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
     async fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        super::verify(&self.verifier, self.key_source.as_deref(), token).await
+        let claims = super::verify(&self.verifier, self.key_source.as_deref(), token).await?;
+        if let Some(revocations) = &self.revocations {
+            revocations.check(&claims)?;
+        }
+        Ok(claims)
     }
 
     async fn authorize<B>(&self, request: &mut Request<B>) -> Result<(), AuthError> {

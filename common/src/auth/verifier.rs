@@ -17,6 +17,11 @@ pub enum AuthError {
     /// Deliberately vague: the client learns the token is not accepted, not why.
     #[error("invalid or expired token")]
     Invalid,
+    /// Issued before its account's password or roles changed, or before it was deleted.
+    #[error(
+        "this session was revoked (the password or roles changed, or the account was deleted); sign in again"
+    )]
+    Revoked,
     #[error("{0}")]
     Forbidden(String),
 }
@@ -24,7 +29,9 @@ pub enum AuthError {
 impl From<AuthError> for tonic::Status {
     fn from(error: AuthError) -> Self {
         match error {
-            AuthError::Missing | AuthError::Invalid => Self::unauthenticated(error.to_string()),
+            AuthError::Missing | AuthError::Invalid | AuthError::Revoked => {
+                Self::unauthenticated(error.to_string())
+            }
             AuthError::Forbidden(_) => Self::permission_denied(error.to_string()),
         }
     }

@@ -9,7 +9,7 @@ use shop_common::{
 };
 use shop_proto::{
     DomainEvent as _,
-    events::v1::{PaymentFailed, PaymentRefunded, PaymentSucceeded},
+    events::v1::{PaymentFailed, PaymentRefunded, PaymentSucceeded, UserSessionsRevoked},
 };
 
 use crate::{
@@ -18,11 +18,13 @@ use crate::{
     store::{Applying, Changed},
 };
 
-/// The events this service subscribes to.
+/// The events this service subscribes to; `user.sessions_revoked` goes to the revocation list
+/// its auth layer checks (`shop_common::auth::Revocations::handling`).
 pub const CONSUMES: &[&str] = &[
     PaymentSucceeded::TYPE,
     PaymentFailed::TYPE,
     PaymentRefunded::TYPE,
+    UserSessionsRevoked::TYPE,
 ];
 
 pub(crate) struct PaymentOutcomes {

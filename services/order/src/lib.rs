@@ -17,7 +17,7 @@ use std::{sync::Arc, time::Duration};
 pub use config::Config;
 pub use events::CONSUMES;
 use shop_common::{
-    auth::ServiceToken,
+    auth::{ServiceToken, revocation::SqlRevocations},
     client::lazy_channel,
     service::{self, Service, Start, StartError},
 };
@@ -55,6 +55,9 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         )
         .await?;
     let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let revocations = service
+        .revocations(Arc::new(SqlRevocations::new(db.clone())))
+        .await?;
     let orders = Arc::new(Orders {
         store: OrderStore::new(db.clone()),
         stock,
@@ -63,7 +66,9 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let handler = Arc::new(events::PaymentOutcomes {
         orders: orders.clone(),
     });
-    service.consume(CONSUMES, handler).await?;
+    service
+        .consume(CONSUMES, revocations.handling(handler))
+        .await?;
     let sweep_every = (config.abandoned_checkout_after / 4)
         .clamp(Duration::from_millis(100), Duration::from_secs(60));
     service.spawn(sweeper::run(
@@ -75,7 +80,10 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let server = service
         .grpc(config.shutdown.clone())
         .add_service(OrderServiceServer::new(OrderApi { orders }))
-        .with_auth(keys.auth(api::policy()));
+        .with_auth(
+            keys.auth(api::policy())
+                .with_revocations(revocations.list()),
+        );
     service.serve(server).await
 }
 

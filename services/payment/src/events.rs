@@ -10,13 +10,18 @@ use shop_common::{
 };
 use shop_proto::{
     DomainEvent as _,
-    events::v1::{OrderCancelled, OrderCreated},
+    events::v1::{OrderCancelled, OrderCreated, UserSessionsRevoked},
 };
 
 use crate::{NAME, payments::Payments};
 
-/// The events this service subscribes to.
-pub const CONSUMES: &[&str] = &[OrderCreated::TYPE, OrderCancelled::TYPE];
+/// The events this service subscribes to; `user.sessions_revoked` goes to the revocation list
+/// its auth layer checks (`shop_common::auth::Revocations::handling`).
+pub const CONSUMES: &[&str] = &[
+    OrderCreated::TYPE,
+    OrderCancelled::TYPE,
+    UserSessionsRevoked::TYPE,
+];
 
 pub(crate) struct OrderEvents {
     pub(crate) payments: Arc<Payments>,

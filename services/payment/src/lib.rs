@@ -16,7 +16,10 @@ use std::sync::Arc;
 pub use config::Config;
 pub use events::CONSUMES;
 pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
-use shop_common::service::{self, Service, Start, StartError};
+use shop_common::{
+    auth::revocation::SqlRevocations,
+    service::{self, Service, Start, StartError},
+};
 use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
 
 use crate::{api::PaymentApi, payments::Payments, store::PaymentStore};
@@ -44,6 +47,9 @@ pub async fn serve_with(
         )
         .await?;
     let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let revocations = service
+        .revocations(Arc::new(SqlRevocations::new(db.clone())))
+        .await?;
     let payments = Arc::new(Payments {
         store: PaymentStore::new(db.clone()),
         provider,
@@ -55,11 +61,16 @@ pub async fn serve_with(
     let handler = Arc::new(events::OrderEvents {
         payments: payments.clone(),
     });
-    service.consume(CONSUMES, handler).await?;
+    service
+        .consume(CONSUMES, revocations.handling(handler))
+        .await?;
     let server = service
         .grpc(config.shutdown.clone())
         .add_service(PaymentServiceServer::new(PaymentApi { payments }))
-        .with_auth(keys.auth(api::policy()));
+        .with_auth(
+            keys.auth(api::policy())
+                .with_revocations(revocations.list()),
+        );
     service.serve(server).await
 }
 

@@ -8,12 +8,16 @@ use shop_common::{
     BoxFuture, Error,
     events::{Envelope, EventHandler, HandlerError},
 };
-use shop_proto::{DomainEvent as _, events::v1::OrderCancelled};
+use shop_proto::{
+    DomainEvent as _,
+    events::v1::{OrderCancelled, UserSessionsRevoked},
+};
 
 use crate::{NAME, catalogue::Catalogue};
 
-/// The events this service subscribes to.
-pub const CONSUMES: &[&str] = &[OrderCancelled::TYPE];
+/// The events this service subscribes to; `user.sessions_revoked` goes to the revocation list
+/// its auth layer checks (`shop_common::auth::Revocations::handling`).
+pub const CONSUMES: &[&str] = &[OrderCancelled::TYPE, UserSessionsRevoked::TYPE];
 
 pub(crate) struct ReleaseOnCancel {
     pub(crate) catalogue: Arc<Catalogue>,

@@ -15,6 +15,7 @@ use std::sync::Arc;
 pub use config::Config;
 pub use events::CONSUMES;
 use shop_common::{
+    auth::{RevocationStore, revocation::SqlRevocations},
     service::{self, Service, Start, StartError},
     storage::Backend,
 };
@@ -32,9 +33,8 @@ pub const NAME: &str = "product-service";
 /// Serves the product service until `start.shutdown` is cancelled, then drains.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let mut service = Service::start(NAME, start, &config.events).await?;
-    let catalogue = Arc::new(Catalogue {
-        store: open_store(&mut service, config.database_url()?.expose()).await?,
-    });
+    let (store, revoked) = open_store(&mut service, config.database_url()?.expose()).await?;
+    let catalogue = Arc::new(Catalogue { store });
     if config.seed_demo_catalogue {
         catalogue
             .seed_demo()
@@ -42,19 +42,29 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
             .map_err(|e| StartError::step("catalogue store", e))?;
     }
     let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let revocations = service.revocations(revoked).await?;
     let handler = Arc::new(events::ReleaseOnCancel {
         catalogue: catalogue.clone(),
     });
-    service.consume(CONSUMES, handler).await?;
+    service
+        .consume(CONSUMES, revocations.handling(handler))
+        .await?;
     let server = service
         .grpc(config.shutdown.clone())
         .add_service(ProductServiceServer::new(ProductApi { catalogue }))
-        .with_auth(keys.auth(api::policy()));
+        .with_auth(
+            keys.auth(api::policy())
+                .with_revocations(revocations.list()),
+        );
     service.serve(server).await
 }
 
-/// The catalogue on MongoDB or SQL, as the URL's scheme says.
-async fn open_store(service: &mut Service, url: &str) -> Result<Arc<dyn ProductStore>, StartError> {
+/// The catalogue on MongoDB or SQL, as the URL's scheme says, and the revoked sessions beside
+/// it.
+async fn open_store(
+    service: &mut Service,
+    url: &str,
+) -> Result<(Arc<dyn ProductStore>, Arc<dyn RevocationStore>), StartError> {
     const SETTING: &str = "PRODUCT_DATABASE_URL";
     match Backend::of(SETTING, url)? {
         Backend::MongoDb => {
@@ -68,11 +78,13 @@ async fn open_store(service: &mut Service, url: &str) -> Result<Arc<dyn ProductS
                     Box::pin(async move { store.ping().await })
                 }),
             );
-            Ok(store)
+            let revoked = store.revocations();
+            Ok((store, revoked))
         }
         Backend::Postgres | Backend::Sqlite => {
             let db = service.database(SETTING, url, &store::MIGRATOR).await?;
-            Ok(Arc::new(SqlStore::new(db)))
+            let revoked = Arc::new(SqlRevocations::new(db.clone()));
+            Ok((Arc::new(SqlStore::new(db)), revoked))
         }
     }
 }

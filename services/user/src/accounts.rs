@@ -2,12 +2,16 @@
 //! in, refresh, read, change and delete accounts, and issue service tokens. Who may see or change
 //! which account is decided here.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use jsonwebtoken::jwk::JwkSet;
 use shop_common::{
     Error,
-    auth::{Claims, Role},
+    auth::{Claims, Revocation, RevocationList, Role},
+    clock::now_ms,
     events::Envelope,
     paging::Cursor,
 };
@@ -19,7 +23,7 @@ use crate::{
     config::SeedUser,
     domain::{DisplayName, Email, NewUser, Password, User, UserChanges},
     passwords::Passwords,
-    store::{NewRefreshToken, Rotation, UserStore},
+    store::{EndSessions, NewRefreshToken, Rotation, UserStore},
     throttle::LoginThrottle,
     tokens::{TokenIssuer, hash_refresh_token},
 };
@@ -41,6 +45,8 @@ pub(crate) struct Accounts {
     pub(crate) tokens: TokenIssuer,
     pub(crate) clients: ServiceClients,
     pub(crate) throttle: LoginThrottle,
+    /// What this service's auth layer refuses; changes made here go in at once.
+    pub(crate) revocations: Arc<RevocationList>,
 }
 
 impl Accounts {
@@ -180,7 +186,9 @@ impl Accounts {
     }
 
     /// Applies `changes` and, unless empty, `new_password` (checked against the email the
-    /// account will have). Only admins change roles.
+    /// account will have). Only admins change roles. A new password or other roles end the
+    /// account's sessions: tokens issued before are refused, and a sign-in after the answer
+    /// works (see [`Accounts::sessions_ended`]).
     pub(crate) async fn update(
         &self,
         caller: &Claims,
@@ -212,10 +220,43 @@ impl Accounts {
                 "names nothing to change and no new_password is given",
             ));
         }
-        self.store
-            .update(id, &changes)
+        let roles_change = changes
+            .roles
+            .as_ref()
+            .is_some_and(|roles| !same_roles(roles, &current.roles));
+        let reason = if changes.password_hash.is_some() {
+            Some("password_changed")
+        } else if roles_change {
+            Some("roles_changed")
+        } else {
+            None
+        };
+        let end = reason.map(|reason| EndSessions {
+            reason,
+            access_ttl: self.tokens.access_ttl,
+        });
+        let updated = self
+            .store
+            .update(id, &changes, end.as_ref())
             .await?
-            .ok_or_else(|| Error::NotFound(format!("user {id}")))
+            .ok_or_else(|| Error::NotFound(format!("user {id}")))?;
+        if let Some(revoked) = &updated.revoked {
+            let reason = reason.unwrap_or_default();
+            tracing::info!(user_id = %id, changed_by = %caller.sub, reason, "sessions ended");
+            self.sessions_ended(revoked).await;
+        }
+        Ok(updated.user)
+    }
+
+    /// Puts `revoked` in this service's list, then waits for the next whole second: tokens
+    /// carry `iat` in seconds and those of the revocation's second are refused, so answering
+    /// earlier would let the client sign in to a token that is refused.
+    async fn sessions_ended(&self, revoked: &Revocation) {
+        self.revocations.insert(revoked);
+        let wait = revoked.admits_from_ms().saturating_sub(now_ms());
+        if let Ok(wait) = u64::try_from(wait) {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+        }
     }
 
     /// Up to `limit` accounts after `after`, oldest first.
@@ -240,9 +281,17 @@ impl Accounts {
                 user_id: id.to_owned(),
             },
         );
-        if !self.store.delete(id, &event).await? {
-            return Err(not_found());
-        }
+        let end = EndSessions {
+            reason: "account_deleted",
+            access_ttl: self.tokens.access_ttl,
+        };
+        let revoked = self
+            .store
+            .delete(id, &event, &end)
+            .await?
+            .ok_or_else(not_found)?;
+        // Nobody signs in to a deleted account, so there is no second to wait out.
+        self.revocations.insert(&revoked);
         tracing::info!(user_id = %id, deleted_by = %caller.sub, "account deleted");
         Ok(())
     }
@@ -268,4 +317,9 @@ impl Accounts {
             self.tokens.service_ttl,
         ))
     }
+}
+
+/// Whether two role lists grant the same (order and repeats aside).
+fn same_roles(a: &[Role], b: &[Role]) -> bool {
+    a.iter().all(|role| b.contains(role)) && b.iter().all(|role| a.contains(role))
 }

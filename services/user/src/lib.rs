@@ -52,8 +52,14 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     );
     let verifier = Arc::new(Verifier::new(&config.jwt.verifier_config()));
     verifier.add_jwks(keys.jwks());
+    let store = UserStore::new(db.clone());
+    // Its own table, written with each change: no event to wait for here.
+    let revocations = service
+        .revocations(Arc::new(store.revocations()))
+        .await?
+        .list();
     let accounts = Accounts {
-        store: UserStore::new(db.clone()),
+        store,
         passwords: Passwords::new().map_err(|e| StartError::step("password hasher", e))?,
         tokens: TokenIssuer::new(
             keys,
@@ -64,6 +70,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         ),
         clients,
         throttle: LoginThrottle::default(),
+        revocations: revocations.clone(),
     };
     for seed in &seeds {
         accounts
@@ -76,7 +83,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let server = service
         .grpc(config.shutdown.clone())
         .add_service(UserServiceServer::new(api))
-        .with_auth(AuthLayer::new(verifier, api::policy()));
+        .with_auth(AuthLayer::new(verifier, api::policy()).with_revocations(revocations));
     service.serve(server).await
 }
 

@@ -246,6 +246,10 @@ impl Shop {
         Ok(())
     }
 
+    pub(crate) fn users(&self) -> UserServiceClient<Channel> {
+        self.users.clone()
+    }
+
     pub(crate) async fn payments(&self) -> anyhow::Result<PaymentServiceClient<Channel>> {
         Ok(PaymentServiceClient::new(channel(self.payment_addr).await?))
     }

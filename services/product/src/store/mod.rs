@@ -2,6 +2,7 @@
 //! (PostgreSQL, SQLite), chosen by the URL scheme. Every backend passes the same contract suite.
 
 mod mongo;
+mod revocations;
 mod sql;
 
 use shop_common::{BoxFuture, Error, paging::Cursor};

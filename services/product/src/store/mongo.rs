@@ -4,7 +4,7 @@
 //! several items takes them one by one and gives back what it took when one fails, so it needs
 //! no multi-document transaction (and so no replica set).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::TryStreamExt as _;
 use mongodb::{
@@ -18,7 +18,7 @@ use shop_common::{BoxFuture, Error, clock::now_ms, config::ConfigError, paging::
 
 use super::{
     ProductStore, not_enough_stock, rejection_from_columns, rejection_to_columns,
-    reservation_released, sku_taken, stale_version,
+    reservation_released, revocations::MongoRevocations, sku_taken, stale_version,
 };
 use crate::domain::{
     ListFilter, NewProduct, Product, ProductFields, ProductUpdate, ReservedLine, StockLine,
@@ -114,9 +114,10 @@ struct ReservationDoc {
 pub(crate) struct MongoStore {
     products: Collection<ProductDoc>,
     reservations: Collection<ReservationDoc>,
+    revocations: Arc<MongoRevocations>,
 }
 
-fn unavailable(error: mongodb::error::Error) -> Error {
+pub(super) fn unavailable(error: mongodb::error::Error) -> Error {
     match *error.kind {
         ErrorKind::Io(_)
         | ErrorKind::ServerSelection { .. }
@@ -125,7 +126,7 @@ fn unavailable(error: mongodb::error::Error) -> Error {
     }
 }
 
-fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
+pub(super) fn is_duplicate_key(error: &mongodb::error::Error) -> bool {
     match &*error.kind {
         ErrorKind::Write(WriteFailure::WriteError(e)) => e.code == DUPLICATE_KEY,
         ErrorKind::Command(e) => e.code == DUPLICATE_KEY,
@@ -164,6 +165,7 @@ impl MongoStore {
         let store = Self {
             products: db.collection("products"),
             reservations: db.collection("reservations"),
+            revocations: Arc::new(MongoRevocations::new(&db)),
         };
         let indexes = [
             IndexModel::builder()
@@ -183,6 +185,11 @@ impl MongoStore {
             .await
             .map_err(|e| ConfigError::new(setting, format!("cannot create indexes: {e}")))?;
         Ok(store)
+    }
+
+    /// The revoked sessions the auth layer refuses, kept beside the catalogue.
+    pub(crate) fn revocations(&self) -> Arc<MongoRevocations> {
+        self.revocations.clone()
     }
 
     async fn outcome(&self, order_id: &str) -> Result<Option<ReservationDoc>, Error> {

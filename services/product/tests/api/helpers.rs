@@ -79,11 +79,40 @@ pub(crate) struct Shop {
     pub(crate) products: ProductServiceClient<Channel>,
     pub(crate) bus: Arc<InProcessBus>,
     pub(crate) admin: String,
+    /// The admin's user id (the `sub` of `admin`).
+    pub(crate) admin_id: String,
     pub(crate) customer: String,
     pub(crate) service: String,
+    catalogue: String,
+    user_url: String,
     shutdown: CancellationToken,
+    /// Stops product-service alone (see [`Shop::restart_products`]).
+    product_stop: CancellationToken,
+    product_task: Option<JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
+}
+
+/// product-service on `catalogue` and a port of its own, consuming from `bus`.
+async fn start_products(
+    catalogue: &str,
+    user_url: &str,
+    bus: Arc<InProcessBus>,
+    stop: CancellationToken,
+) -> anyhow::Result<(
+    ProductServiceClient<Channel>,
+    JoinHandle<anyhow::Result<()>>,
+)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = Config::local(addr, catalogue.to_owned(), user_url.to_owned());
+    let task = tokio::spawn(async move {
+        let bus: Arc<dyn EventBus> = bus;
+        let start = Start::new(listener, stop).with_bus(bus);
+        product_service::serve(config, start).await?;
+        anyhow::Ok(())
+    });
+    Ok((ProductServiceClient::new(channel(addr).await?), task))
 }
 
 async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
@@ -124,30 +153,26 @@ impl Shop {
             }
         });
 
-        let product_listener = TcpListener::bind("127.0.0.1:0").await?;
-        let product_addr = product_listener.local_addr()?;
-        let config = Config::local(product_addr, catalogue, format!("http://{user_addr}"));
-        let product_task = tokio::spawn({
-            let shutdown = shutdown.clone();
-            let bus: Arc<dyn EventBus> = bus.clone();
-            async move {
-                let start = Start::new(product_listener, shutdown).with_bus(bus);
-                product_service::serve(config, start).await?;
-                anyhow::Ok(())
-            }
-        });
+        let user_url = format!("http://{user_addr}");
+        let product_stop = shutdown.child_token();
+        let (products, product_task) =
+            start_products(&catalogue, &user_url, bus.clone(), product_stop.clone()).await?;
 
         let mut users = UserServiceClient::new(channel(user_addr).await?);
         let login = |email: &str, password: &str| user_pb::LoginRequest {
             email: email.to_owned(),
             password: password.to_owned(),
         };
-        let admin = token(
-            users
-                .login(login(ADMIN_EMAIL, ADMIN_PASSWORD))
-                .await?
-                .into_inner(),
-        )?;
+        let signed_in = users
+            .login(login(ADMIN_EMAIL, ADMIN_PASSWORD))
+            .await?
+            .into_inner();
+        let admin_id = signed_in
+            .user
+            .as_ref()
+            .map(|u| u.user_id.clone())
+            .context("no user in the login response")?;
+        let admin = token(signed_in)?;
         users
             .register(user_pb::RegisterRequest {
                 email: "ada@example.com".to_owned(),
@@ -171,20 +196,46 @@ impl Shop {
             .access_token;
 
         Ok(Some(Self {
-            products: ProductServiceClient::new(channel(product_addr).await?),
+            products,
             bus,
             admin,
+            admin_id,
             customer,
             service,
+            catalogue,
+            user_url,
             shutdown,
-            tasks: vec![user_task, product_task],
+            product_stop,
+            product_task: Some(product_task),
+            tasks: vec![user_task],
             _dir: dir,
         }))
     }
 
+    /// Stops product-service and starts it again on the same catalogue, with a new bus: nothing
+    /// is delivered again, so what it knows afterwards it kept in its store.
+    pub(crate) async fn restart_products(&mut self) -> anyhow::Result<()> {
+        self.product_stop.cancel();
+        if let Some(task) = self.product_task.take() {
+            task.await??;
+        }
+        self.bus = Arc::new(InProcessBus::new());
+        self.product_stop = self.shutdown.child_token();
+        let (products, task) = start_products(
+            &self.catalogue,
+            &self.user_url,
+            self.bus.clone(),
+            self.product_stop.clone(),
+        )
+        .await?;
+        self.products = products;
+        self.product_task = Some(task);
+        Ok(())
+    }
+
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        for task in self.tasks {
+        for task in self.tasks.into_iter().chain(self.product_task) {
             task.await??;
         }
         Ok(())

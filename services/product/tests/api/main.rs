@@ -46,4 +46,5 @@ on_every_backend!(
     reserving_twice_for_one_order_takes_stock_once,
     a_reservation_takes_every_item_or_none_and_release_gives_it_back,
     a_cancelled_order_releases_its_stock,
+    a_revoked_session_is_refused_and_stays_refused_after_a_restart,
 );

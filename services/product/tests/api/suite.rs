@@ -2,7 +2,11 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use shop_common::events::{Envelope, EventPublisher as _};
+use shop_common::{
+    auth::Revocation,
+    clock::now_ms,
+    events::{Envelope, EventPublisher as _},
+};
 use shop_proto::{common::v1::Money, events::v1::OrderCancelled, product::v1 as pb};
 use tonic::Code;
 
@@ -610,5 +614,53 @@ pub(crate) async fn a_cancelled_order_releases_its_stock(backend: Backend) -> an
     assert_eq!(stock, 4);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(shop.get(&item.product_id).await?.stock, 4, "released once");
+    shop.stop().await
+}
+
+/// `user.sessions_revoked` for the admin: the admin's token is refused from then on (an
+/// actionable UNAUTHENTICATED), also after product-service restarts with nothing redelivered,
+/// because the revocation is kept in the catalogue's database.
+pub(crate) async fn a_revoked_session_is_refused_and_stays_refused_after_a_restart(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let Some(mut shop) = Shop::start(backend).await? else {
+        return Ok(());
+    };
+    async fn create(shop: &Shop, token: &str) -> (Code, String) {
+        let request = pb::CreateProductRequest {
+            product: Some(product(&format!("REVOKE-{}", new_id()), "home", 100, 1)),
+        };
+        status(shop.client().create_product(bearer(request, token)).await)
+    }
+    assert_eq!(create(&shop, &shop.admin).await.0, Code::Ok);
+    let now = now_ms();
+    let revoked = Revocation {
+        user_id: shop.admin_id.clone(),
+        not_before_ms: now,
+        forget_after_ms: now + 15 * 60 * 1000,
+    };
+    let event = Envelope::new("user-service", &revoked.to_event("password_changed"));
+    // Delivered twice, as at-least-once delivery may.
+    shop.bus.publish(&event).await?;
+    shop.bus.publish(&event).await?;
+    let mut refused = (Code::Ok, String::new());
+    for _ in 0..100 {
+        refused = create(&shop, &shop.admin).await;
+        if refused.0 != Code::Ok {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(refused.0, Code::Unauthenticated, "{}", refused.1);
+    assert!(refused.1.contains("sign in again"), "{}", refused.1);
+    assert_eq!(
+        create(&shop, &shop.customer).await.0,
+        Code::PermissionDenied,
+        "other users' tokens still pass"
+    );
+
+    shop.restart_products().await?;
+    let (code, message) = create(&shop, &shop.admin).await;
+    assert_eq!(code, Code::Unauthenticated, "{message}");
     shop.stop().await
 }

@@ -22,6 +22,25 @@ pub(crate) struct NewRefreshToken {
     pub(crate) expires_at_ms: i64,
 }
 
+/// Ends every session of the account, in the transaction of the change that calls for it: its
+/// refresh tokens are revoked, and its access tokens issued until then are refused once
+/// `user.sessions_revoked` reaches the services (here, at once).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct EndSessions {
+    /// For the logs of the event's consumers: `password_changed`, `roles_changed`,
+    /// `account_deleted`.
+    pub(crate) reason: &'static str,
+    /// How long the access tokens live, so consumers know when to forget the revocation.
+    pub(crate) access_ttl: std::time::Duration,
+}
+
+/// An account after an update, and the revocation the update recorded, if it ended sessions.
+#[derive(Debug, Clone)]
+pub(crate) struct Updated {
+    pub(crate) user: User,
+    pub(crate) revoked: Option<shop_common::auth::Revocation>,
+}
+
 /// What presenting a refresh token did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Rotation {

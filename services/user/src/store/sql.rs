@@ -2,14 +2,15 @@
 
 use shop_common::{
     Error,
+    auth::{Revocation, revocation},
     clock::now_ms,
     events::{Envelope, outbox},
     paging::Cursor,
     storage::Db,
 };
-use sqlx::{Row as _, any::AnyRow};
+use sqlx::{AnyConnection, Row as _, any::AnyRow};
 
-use super::{NewRefreshToken, Rotation, email_taken};
+use super::{EndSessions, NewRefreshToken, Rotation, Updated, email_taken};
 use crate::domain::{NewUser, User, UserChanges, roles_from_column, roles_to_column};
 
 /// The columns of a [`User`], spliced into statements at compile time.
@@ -98,13 +99,14 @@ impl UserStore {
         Ok(found)
     }
 
-    /// Applies `changes`; a new password also revokes every refresh token of the account.
+    /// Applies `changes`, and with `end` ends the account's sessions in the same transaction.
     /// Errors: `AlreadyExists` when the new email is taken.
     pub(crate) async fn update(
         &self,
         id: &str,
         changes: &UserChanges,
-    ) -> Result<Option<User>, Error> {
+        end: Option<&EndSessions>,
+    ) -> Result<Option<Updated>, Error> {
         let now = now_ms();
         let mut tx = self.db.begin().await?;
         let row = sqlx::query(concat!(
@@ -128,19 +130,19 @@ impl UserStore {
         let Some(row) = row else {
             return Ok(None);
         };
-        if changes.password_hash.is_some() {
-            sqlx::query(
-                "UPDATE refresh_tokens SET revoked_at_ms = $2
-                 WHERE user_id = $1 AND revoked_at_ms IS NULL",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
         let updated = user(&row)?;
+        let revoked = match end {
+            Some(end) => Some(end_sessions(&mut tx, id, end).await?),
+            None => None,
+        };
         tx.commit().await?;
-        Ok(Some(updated))
+        if revoked.is_some() {
+            self.db.events_committed();
+        }
+        Ok(Some(Updated {
+            user: updated,
+            revoked,
+        }))
     }
 
     /// Up to `limit` accounts after `after`, oldest first.
@@ -165,8 +167,14 @@ impl UserStore {
         Ok(rows.iter().map(user).collect::<Result<_, _>>()?)
     }
 
-    /// Deletes the account and its refresh tokens; false when there was none.
-    pub(crate) async fn delete(&self, id: &str, event: &Envelope) -> Result<bool, Error> {
+    /// Deletes the account and its refresh tokens, announces `event` and ends its sessions;
+    /// `None` when there was no such account.
+    pub(crate) async fn delete(
+        &self,
+        id: &str,
+        event: &Envelope,
+        end: &EndSessions,
+    ) -> Result<Option<Revocation>, Error> {
         let mut tx = self.db.begin().await?;
         sqlx::query("DELETE FROM refresh_tokens WHERE user_id = $1")
             .bind(id)
@@ -178,12 +186,18 @@ impl UserStore {
             .await?
             .rows_affected();
         if deleted == 0 {
-            return Ok(false);
+            return Ok(None);
         }
         outbox::append(&mut tx, event).await?;
+        let revoked = end_sessions(&mut tx, id, end).await?;
         tx.commit().await?;
         self.db.events_committed();
-        Ok(true)
+        Ok(Some(revoked))
+    }
+
+    /// The revocations this store records (see [`end_sessions`]), for the revocation list.
+    pub(crate) fn revocations(&self) -> revocation::SqlRevocations {
+        revocation::SqlRevocations::new(self.db.clone())
     }
 
     pub(crate) async fn add_refresh_token(&self, token: &NewRefreshToken) -> Result<(), Error> {
@@ -273,4 +287,33 @@ impl UserStore {
         tracing::warn!(%user_id, %family, "spent refresh token presented again; family revoked");
         Ok(Rotation::Reused)
     }
+}
+
+/// Revokes the account's refresh tokens, records the revocation of its access tokens issued
+/// until now, and appends `user.sessions_revoked`, inside the caller's transaction. The moment
+/// is taken last, after the change's own writes, so it is as close to the commit as it can be.
+async fn end_sessions(
+    tx: &mut AnyConnection,
+    id: &str,
+    end: &EndSessions,
+) -> Result<Revocation, Error> {
+    let now = now_ms();
+    sqlx::query(
+        "UPDATE refresh_tokens SET revoked_at_ms = $2
+         WHERE user_id = $1 AND revoked_at_ms IS NULL",
+    )
+    .bind(id)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    let revoked = Revocation {
+        user_id: id.to_owned(),
+        not_before_ms: now,
+        forget_after_ms: now
+            .saturating_add(i64::try_from(end.access_ttl.as_millis()).unwrap_or(i64::MAX)),
+    };
+    revocation::record_in(&mut *tx, &revoked).await?;
+    let event = Envelope::new(crate::NAME, &revoked.to_event(end.reason));
+    outbox::append(&mut *tx, &event).await?;
+    Ok(revoked)
 }

@@ -14,7 +14,7 @@ use shop_common::{
     config::{JwtArgs, Secret},
 };
 use shop_proto::{
-    events::v1::{UserDeleted, UserRegistered},
+    events::v1::{UserDeleted, UserRegistered, UserSessionsRevoked},
     user::v1 as pb,
 };
 use tonic::Code;
@@ -580,6 +580,31 @@ pub(crate) async fn accounts_are_managed_by_their_owner_or_an_admin(
         .context("no user")?;
     assert_eq!(promoted.roles, ["admin"]);
 
+    // New roles end her sessions: the token that still says `customer` is refused, and so is
+    // her refresh token; signing in again gives a token with the new roles.
+    let (status, message) = code(app.me(&ada_token).await);
+    assert_eq!(status, Code::Unauthenticated);
+    assert!(message.contains("sign in again"), "{message}");
+    assert_eq!(
+        code(app.refresh(&ada_session.refresh_token).await).0,
+        Code::Unauthenticated
+    );
+    let ada_session = app.login("ada@example.com", PASSWORD).await?;
+    let ada_token = ada_session.access_token.clone();
+    assert_eq!(app.me(&ada_token).await?.roles, ["admin"]);
+    let same_roles = pb::User {
+        user_id: ada.user_id.clone(),
+        roles: vec!["admin".to_owned()],
+        ..pb::User::default()
+    };
+    client
+        .update_user(bearer(update(same_roles, &["roles"], ""), &admin_token))
+        .await?;
+    assert!(
+        app.me(&ada_token).await.is_ok(),
+        "the same roles again end nothing"
+    );
+
     // A new password ends every session that existed before it.
     let new_password = "a much better passphrase";
     client
@@ -599,14 +624,17 @@ pub(crate) async fn accounts_are_managed_by_their_owner_or_an_admin(
         code(app.refresh(&ada_session.refresh_token).await).0,
         Code::Unauthenticated
     );
+    assert_eq!(code(app.me(&ada_token).await).0, Code::Unauthenticated);
     assert_eq!(
         code(app.login("ada@example.com", PASSWORD).await).0,
         Code::Unauthenticated
     );
+    // Signing in right after the answer works: the change answered once its second was over.
     let ada_token = app
         .login("ada@example.com", new_password)
         .await?
         .access_token;
+    assert!(app.me(&ada_token).await.is_ok());
 
     // The admin walks every account, two per page, each exactly once.
     let mut seen = Vec::new();
@@ -663,7 +691,7 @@ pub(crate) async fn accounts_are_managed_by_their_owner_or_an_admin(
         code(app.login("ada@example.com", new_password).await).0,
         Code::Unauthenticated
     );
-    assert_eq!(code(app.me(&ada_token).await).0, Code::NotFound);
+    assert_eq!(code(app.me(&ada_token).await).0, Code::Unauthenticated);
     let (status, _) = code(
         client
             .delete_user(bearer(delete(&ada.user_id), &admin_token))
@@ -674,6 +702,19 @@ pub(crate) async fn accounts_are_managed_by_their_owner_or_an_admin(
     let deleted = app.events.wait_for("user.deleted", 1).await?;
     let payload = UserDeleted::decode(deleted[0].0.payload.as_slice())?;
     assert_eq!(payload.user_id, ada.user_id);
+    let revoked = app.events.wait_for("user.sessions_revoked", 3).await?;
+    let reasons = revoked
+        .iter()
+        .map(|event| UserSessionsRevoked::decode(event.0.payload.as_slice()))
+        .collect::<Result<Vec<_>, _>>()?;
+    assert!(reasons.iter().all(|r| r.user_id == ada.user_id));
+    assert_eq!(
+        reasons
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["roles_changed", "password_changed", "account_deleted"]
+    );
     assert_eq!(bob.roles, ["customer"]);
     app.stop().await?;
     Ok(())
