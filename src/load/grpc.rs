@@ -266,8 +266,6 @@ impl Driver for GrpcDriver {
                 version,
                 stock,
             } => {
-                // Without a mask the service applies every non-empty field: here only the stock
-                // (the id and version say which product at which version).
                 let request = UpdateProductRequest {
                     product: Some(ProductMessage {
                         product_id: product_id.to_owned(),
@@ -275,7 +273,11 @@ impl Driver for GrpcDriver {
                         stock,
                         ..Default::default()
                     }),
-                    update_mask: None,
+                    // Without a mask the service takes only the non-empty descriptive fields,
+                    // never the stock.
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["stock".to_owned()],
+                    }),
                 };
                 ProductServiceClient::new(self.pick(&self.product))
                     .update_product(authorised(request, token)?)

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shop::load::{self, LoadCommand, Summary};
 
-use crate::helpers::spawn_system;
+use shop_proto::product::v1::{ListProductsRequest, product_service_client::ProductServiceClient};
+
+use crate::helpers::{channel, spawn_system};
 
 async fn load(args: &[&str]) -> anyhow::Result<Summary> {
     let command = LoadCommand::try_parse_from(args)?;
@@ -70,6 +72,25 @@ async fn the_shopper_journey_over_grpc_confirms_its_orders_without_errors() -> a
         "{summary}"
     );
     assert!(summary.confirmation.p50_ms > 0.0, "{summary}");
+    // --restock set every product's stock to 1000 before the run; only its orders took any.
+    let listed = ProductServiceClient::new(channel(e.product).await?)
+        .list_products(ListProductsRequest {
+            page_size: 100,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let taken: i64 = listed
+        .products
+        .iter()
+        .map(|p| 1000 - i64::from(p.stock))
+        .sum();
+    assert!(!listed.products.is_empty());
+    assert!(
+        listed.products.iter().all(|p| p.stock <= 1000),
+        "{listed:?}"
+    );
+    assert_eq!(taken, i64::try_from(orders.placed)?, "{summary}");
     Ok(())
 }
 
