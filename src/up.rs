@@ -13,7 +13,7 @@ use shop_common::{
     events::{BusError, EventBus, InProcessBus, RabbitBus, Subscription},
     metrics,
     service::Start,
-    storage::{StorageError, database_on},
+    storage::{Db, StorageError, database_on},
     telemetry::Telemetry,
 };
 use tokio::{net::TcpListener, task::JoinSet};
@@ -57,6 +57,10 @@ pub struct UpArgs {
     /// A Kong declarative file for the gateway instead of the built-in `kong/kong.yaml`.
     #[arg(long, env = "SHOP_KONG_CONFIG")]
     pub kong_config: Option<PathBuf>,
+    /// How long a checkout may stay without its order before the stock it reserved is given
+    /// back (a crash between reserving and saving the order leaves such a checkout).
+    #[arg(long, env = "SHOP_ABANDONED_CHECKOUT_AFTER", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub abandoned_checkout_after: std::time::Duration,
     /// PEM RSA private key that signs tokens. Unset: `signing-key.pem` in `--data-dir`,
     /// generated on the first start (mode 0600) and kept, so restarts keep sessions valid.
     #[arg(long, env = "SHOP_SIGNING_KEY_FILE")]
@@ -85,6 +89,7 @@ impl UpArgs {
             mongodb_url: None,
             kong_config: None,
             signing_key_file: None,
+            abandoned_checkout_after: std::time::Duration::from_secs(600),
             amqp_url: None,
             shutdown: ShutdownArgs::default(),
         }
@@ -181,7 +186,12 @@ pub async fn start(
 
     let bus: Arc<dyn EventBus> = match &args.amqp_url {
         Some(url) => Arc::new(RabbitBus::connect(url).await?),
-        None => Arc::new(InProcessBus::new()),
+        // Its queues are kept in a journal, so a crash loses no event (RabbitMQ keeps them
+        // itself).
+        None => {
+            let journal = Db::connect("--data-dir", &database_url(args, "bus").await?).await?;
+            Arc::new(InProcessBus::durable(journal).await?)
+        }
     };
 
     // Every consumer's queue exists before any service publishes, so no event of this run is
@@ -254,6 +264,7 @@ pub async fn start(
         order_secret,
     );
     order_config.shutdown = timing.clone();
+    order_config.abandoned_checkout_after = args.abandoned_checkout_after;
     parts.spawn(part(
         dispatch(order_service::NAME)?,
         order_service::NAME,
@@ -265,6 +276,7 @@ pub async fn start(
         format!("http://{}", endpoints.user),
     );
     payment_config.shutdown = timing.clone();
+    payment_config.simulator_ledger = Some(args.data_dir.join("simulator.ledger"));
     parts.spawn(part(
         dispatch(payment_service::NAME)?,
         payment_service::NAME,

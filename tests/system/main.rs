@@ -1,6 +1,7 @@
 //! System tests: the whole shop running in-process (or as the real `shop` binary), exercised over
 //! real gRPC, grpc-web and HTTP on loopback.
 
+mod crash;
 mod deployment;
 mod dlq_cli;
 mod gateway;

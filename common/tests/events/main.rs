@@ -3,10 +3,35 @@
 
 mod suite;
 
-use shop_common::events::{InProcessBus, RabbitBus};
+use shop_common::{
+    events::{InProcessBus, RabbitBus},
+    storage::Db,
+};
 
 async fn in_process() -> anyhow::Result<Option<InProcessBus>> {
     Ok(Some(InProcessBus::new()))
+}
+
+/// A SQLite file of the test's own; kept (in the temp dir) because the bus outlives this call.
+fn journal_file() -> anyhow::Result<String> {
+    let dir = tempfile::tempdir()?.keep();
+    Ok(format!("sqlite://{}", dir.join("bus.db").display()))
+}
+
+async fn journalled(url: &str) -> anyhow::Result<InProcessBus> {
+    let db = Db::connect("bus journal", url).await?;
+    Ok(InProcessBus::durable(db).await?)
+}
+
+async fn durable() -> anyhow::Result<Option<InProcessBus>> {
+    Ok(Some(journalled(&journal_file()?).await?))
+}
+
+#[tokio::test]
+async fn a_durable_bus_restarted_on_its_journal_delivers_what_was_not_handled() -> anyhow::Result<()>
+{
+    let url = journal_file()?;
+    suite::a_restart_delivers_what_was_not_handled_and_keeps_dead_letters(|| journalled(&url)).await
 }
 
 /// The broker from `AMQP_URL`; without it the RabbitMQ tests say so and count as skipped.
@@ -71,4 +96,5 @@ macro_rules! bus_contract {
 }
 
 bus_contract!(in_process, crate::in_process());
+bus_contract!(durable_in_process, crate::durable());
 bus_contract!(rabbitmq, crate::rabbit());

@@ -353,3 +353,71 @@ pub(crate) async fn a_consumer_gets_only_the_keys_it_bound(
     assert_eq!(handler.applied_ids(), vec![paid.id().to_owned()]);
     Ok(())
 }
+
+/// Only for a bus that keeps its queues in a database: `open` gives a new bus on the same one,
+/// as a restarted process would have.
+pub(crate) async fn a_restart_delivers_what_was_not_handled_and_keeps_dead_letters<B, F>(
+    open: impl Fn() -> F,
+) -> anyhow::Result<()>
+where
+    B: EventBus,
+    F: std::future::Future<Output = anyhow::Result<B>>,
+{
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
+    let (waiting, failing) = (consumer("waiting"), consumer("failing"));
+    let bus = open().await?;
+    let handled = Arc::new(Recorder::default());
+    let stop = subscribe(&bus, &waiting, &[&key], fast_retries(3), handled.clone()).await?;
+    let doomed = Recorder::failing(u32::MAX);
+    let stop_doomed = subscribe(&bus, &failing, &[&key], fast_retries(1), doomed).await?;
+    let first = order_created(&prefix, "order-handled");
+    bus.publish(&first).await?;
+    until("the first event is handled", || {
+        handled.applied_ids().len() == 1
+    })
+    .await?;
+    let mut dead = 0;
+    for _ in 0..500 {
+        dead = bus.dead_letters(&failing).await?.len();
+        if dead == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead, 1, "the failing consumer dead-letters the first event");
+    stop.cancel();
+    stop_doomed.cancel();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = order_created(&prefix, "order-waiting");
+    bus.publish(&second).await?;
+    drop(bus);
+
+    let bus = open().await?;
+    let after = Arc::new(Recorder::default());
+    let _stop = subscribe(&bus, &waiting, &[&key], fast_retries(3), after.clone()).await?;
+    until("the waiting event is delivered after the restart", || {
+        after.applied_ids().len() == 1
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        after.applied_ids(),
+        [second.id().to_owned()],
+        "only what was not handled comes again"
+    );
+    let letters = bus.dead_letters(&failing).await?;
+    let ids: Vec<&str> = letters.iter().map(|l| l.envelope.id()).collect();
+    assert!(
+        ids.contains(&first.id()),
+        "the dead letter survived: {ids:?}"
+    );
+    let fixed = Arc::new(Recorder::default());
+    let _fixed = subscribe(&bus, &failing, &[&key], fast_retries(3), fixed.clone()).await?;
+    bus.replay(&failing, first.id()).await?;
+    until("the replayed dead letter is handled", || {
+        fixed.applied_ids().contains(&first.id().to_owned())
+    })
+    .await?;
+    Ok(())
+}

@@ -44,6 +44,11 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_RETRY_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub retry_delay: Duration,
 
+    /// File where the card simulator keeps its charges, so refunds after a restart find them.
+    /// Unset: in memory (`shop up` keeps it in its data dir).
+    #[arg(long, env = "PAYMENT_SIMULATOR_LEDGER")]
+    pub simulator_ledger: Option<PathBuf>,
+
     // Orders arrive as events: without RabbitMQ at `AMQP_URL` none is charged.
     #[command(flatten)]
     pub events: EventArgs,
@@ -77,6 +82,7 @@ impl Config {
             provider_timeout: Duration::from_secs(10),
             charge_attempts: 4,
             retry_delay: Duration::from_millis(200),
+            simulator_ledger: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
         }

@@ -18,6 +18,7 @@ pub use events::CONSUMES;
 pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
 use shop_common::{
     auth::revocation::SqlRevocations,
+    config::ConfigError,
     service::{self, Service, Start, StartError},
 };
 use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
@@ -29,7 +30,16 @@ pub const NAME: &str = "payment-service";
 
 /// Serves the payment service with the simulator until `start.shutdown` is cancelled.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
-    serve_with(config, Arc::new(Simulator::new()), start).await
+    let simulator = match &config.simulator_ledger {
+        Some(path) => Simulator::keeping(path).map_err(|e| {
+            ConfigError::new(
+                "PAYMENT_SIMULATOR_LEDGER",
+                format!("cannot use {}: {e}", path.display()),
+            )
+        })?,
+        None => Simulator::new(),
+    };
+    serve_with(config, Arc::new(simulator), start).await
 }
 
 /// [`serve`] with the payment provider given (the tests watch a simulator of their own).

@@ -2,7 +2,13 @@
 //! the service. Providers are called with an idempotency key (the payment id), as real ones
 //! (Stripe's `Idempotency-Key`) are: a repeated charge with the same key is the same charge.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::{
+    collections::HashMap,
+    fs::{File, OpenOptions},
+    io::{BufRead as _, BufReader, Write as _},
+    path::Path,
+    sync::Mutex,
+};
 
 use shop_common::BoxFuture;
 
@@ -41,12 +47,32 @@ pub struct Simulator {
     state: Mutex<Ledger>,
 }
 
+/// A provider remembers its charges whatever happens to its callers: with a ledger file the
+/// simulator does too, so a refund after a restart finds the charge it refunds. One line per
+/// charge (`charge <key> <reference> <amount> <currency>`) or refund (`refund <reference>`),
+/// written and synced before the caller hears of it.
+#[derive(Debug)]
+struct LedgerFile(File);
+
 #[derive(Debug, Default)]
 struct Ledger {
     /// Charges made, by key: (reference, amount, currency, refunded).
     charges: HashMap<String, (String, i64, String, bool)>,
     /// Attempts per key, charged or not.
     attempts: HashMap<String, u32>,
+    file: Option<LedgerFile>,
+}
+
+impl Ledger {
+    /// Appends `line` to the ledger file, if there is one, and waits until it is on disk.
+    fn record(&mut self, line: &str) -> Result<(), ChargeError> {
+        let Some(LedgerFile(file)) = &mut self.file else {
+            return Ok(());
+        };
+        writeln!(file, "{line}")
+            .and_then(|()| file.sync_data())
+            .map_err(|e| ChargeError::Transient(format!("simulator ledger: {e}")))
+    }
 }
 
 /// What the simulator has done so far, for tests and the curious.
@@ -60,6 +86,37 @@ pub struct SimulatorTotals {
 impl Simulator {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A simulator that keeps its charges in `path` (created if missing) across restarts.
+    pub fn keeping(path: &Path) -> std::io::Result<Self> {
+        let mut ledger = Ledger::default();
+        if path.exists() {
+            for line in BufReader::new(File::open(path)?).lines() {
+                let line = line?;
+                let words: Vec<&str> = line.split(' ').collect();
+                match words[..] {
+                    ["charge", key, reference, amount, currency] => {
+                        let amount = amount.parse().unwrap_or_default();
+                        let charge = (reference.to_owned(), amount, currency.to_owned(), false);
+                        ledger.charges.insert(key.to_owned(), charge);
+                    }
+                    ["refund", reference] => {
+                        if let Some(charge) = ledger.charges.values_mut().find(|c| c.0 == reference)
+                        {
+                            charge.3 = true;
+                        }
+                    }
+                    // A line cut short by a crash: its caller never heard of it either.
+                    _ => tracing::warn!(%line, "unreadable simulator ledger line; skipped"),
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        ledger.file = Some(LedgerFile(file));
+        Ok(Self {
+            state: Mutex::new(ledger),
+        })
     }
 
     pub fn totals(&self) -> SimulatorTotals {
@@ -97,6 +154,10 @@ impl Simulator {
             return Attempt::Done(Err(ChargeError::Declined("invalid_payment_method".into())));
         }
         let reference = format!("ch_sim_{}", uuid::Uuid::new_v4().simple());
+        let line = format!("charge {key} {reference} {amount_minor} {currency}");
+        if let Err(error) = ledger.record(&line) {
+            return Attempt::Done(Err(error));
+        }
         ledger.charges.insert(
             key.to_owned(),
             (reference.clone(), amount_minor, currency.to_owned(), false),
@@ -131,9 +192,10 @@ impl PaymentProvider for Simulator {
             let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
             let charge = ledger.charges.values_mut().find(|c| c.0 == reference);
             match charge {
+                Some(charge) if charge.3 => Ok(()),
                 Some(charge) => {
                     charge.3 = true;
-                    Ok(())
+                    ledger.record(&format!("refund {reference}"))
                 }
                 None => Err(ChargeError::Declined(format!("no charge {reference}"))),
             }
@@ -201,5 +263,31 @@ mod tests {
         assert!(sim.refund(&reference).await.is_ok());
         assert_eq!(sim.totals().refunds, 1);
         assert!(sim.refund("ch_unknown").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn with_a_ledger_file_charges_survive_a_restart() -> std::io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("simulator.ledger");
+        let sim = Simulator::keeping(&path)?;
+        let kept = charge(&sim, "pay-1", "tok_visa").await.unwrap_or_default();
+        let refunded = charge(&sim, "pay-2", "tok_visa").await.unwrap_or_default();
+        assert!(sim.refund(&refunded).await.is_ok());
+        drop(sim);
+
+        let sim = Simulator::keeping(&path)?;
+        assert_eq!(sim.totals().charges, 2);
+        assert_eq!(sim.totals().refunds, 1);
+        assert_eq!(
+            charge(&sim, "pay-1", "tok_visa").await,
+            Ok(kept.clone()),
+            "the same key is still the same charge"
+        );
+        assert!(
+            sim.refund(&kept).await.is_ok(),
+            "a charge from before the restart refunds"
+        );
+        assert_eq!(Simulator::keeping(&path)?.totals().refunds, 2);
+        Ok(())
     }
 }

@@ -15,7 +15,7 @@ use shop_proto::{
 use tonic::Code;
 
 pub(crate) use self::shop::{Backend, Shop};
-use self::shop::{address, authed};
+pub(crate) use self::shop::{address, authed};
 
 /// Long enough for a loaded CI machine; a healthy run takes well under a second per order.
 const SETTLE: Duration = Duration::from_secs(30);

@@ -1,5 +1,9 @@
 //! The in-process bus: topic routing, a queue per consumer that outlives the consumer's task
 //! (events wait while it is stopped), retries with growing delays, and a dead-letter list.
+//! [`InProcessBus::durable`] also writes every delivery to a journal until it is handled, so the
+//! queues survive the process (`shop up` keeps it in the data dir).
+
+mod journal;
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -11,7 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use tracing::{Instrument as _, instrument::WithSubscriber as _};
 
-use crate::BoxFuture;
+use crate::{BoxFuture, storage::Db};
+
+use journal::{Journal, now_ms};
 
 use super::{
     BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, HandlerError,
@@ -28,10 +34,13 @@ const SYSTEM: &str = "shop.in_process";
 #[derive(Clone, Default)]
 pub struct InProcessBus {
     queues: Arc<Mutex<HashMap<String, Arc<Queue>>>>,
+    journal: Option<Arc<Journal>>,
 }
 
 #[derive(Debug, Clone)]
 struct Delivery {
+    /// Its row in the journal.
+    id: String,
     envelope: Envelope,
     carried: Carried,
     attempt: u32,
@@ -49,7 +58,8 @@ struct QueueState {
     retry: RetryPolicy,
     ready: VecDeque<Delivery>,
     delayed: Vec<(Instant, Delivery)>,
-    dead: Vec<DeadLetter>,
+    /// Dead letters with their delivery ids.
+    dead: Vec<(String, DeadLetter)>,
 }
 
 /// A poisoned lock only means another task panicked mid-update of plain data; keep going.
@@ -98,6 +108,52 @@ impl InProcessBus {
         Self::default()
     }
 
+    /// A bus whose queues are kept in `db` as well: what was published and not yet handled
+    /// (dead letters included) is delivered again after a restart on the same database.
+    pub async fn durable(db: Db) -> Result<Self, BusError> {
+        let journal = Journal::open(db).await?;
+        let bus = Self {
+            queues: Arc::default(),
+            journal: None,
+        };
+        let (now, now_at) = (Instant::now(), now_ms());
+        let saved = journal.load().await?;
+        let owed = saved.len();
+        for saved in saved {
+            let queue = lock(&bus.queues).entry(saved.consumer).or_default().clone();
+            let delivery = Delivery {
+                id: saved.id,
+                envelope: saved.envelope,
+                carried: Carried::default(),
+                attempt: saved.attempt,
+            };
+            let mut state = lock(&queue.state);
+            if let Some(reason) = saved.dead_reason {
+                let letter = DeadLetter {
+                    envelope: delivery.envelope,
+                    attempts: delivery.attempt,
+                    reason,
+                };
+                state.dead.push((delivery.id, letter));
+                continue;
+            }
+            let wait = u64::try_from(saved.due_at_ms.saturating_sub(now_at)).unwrap_or(0);
+            if wait == 0 {
+                state.ready.push_back(delivery);
+            } else {
+                let due = now + std::time::Duration::from_millis(wait);
+                state.delayed.push((due, delivery));
+            }
+        }
+        if owed > 0 {
+            tracing::info!(deliveries = owed, "event deliveries kept from the last run");
+        }
+        Ok(Self {
+            journal: Some(Arc::new(journal)),
+            ..bus
+        })
+    }
+
     fn queue(&self, consumer: &str) -> Option<Arc<Queue>> {
         lock(&self.queues).get(consumer).cloned()
     }
@@ -123,21 +179,36 @@ impl EventPublisher for InProcessBus {
         let (span, carried) = handling::publishing(SYSTEM, envelope);
         Box::pin(
             async move {
-                let queues: Vec<Arc<Queue>> = lock(&self.queues).values().cloned().collect();
-                for queue in queues {
-                    let routed = lock(&queue.state)
-                        .routing_keys
+                let queues: Vec<(String, Arc<Queue>)> = lock(&self.queues)
+                    .iter()
+                    .map(|(consumer, queue)| (consumer.clone(), queue.clone()))
+                    .collect();
+                let routed: Vec<(String, String, Arc<Queue>)> = queues
+                    .into_iter()
+                    .filter(|(_, queue)| {
+                        lock(&queue.state)
+                            .routing_keys
+                            .iter()
+                            .any(|pattern| topic::matches(pattern, envelope.event_type()))
+                    })
+                    .map(|(consumer, queue)| (uuid::Uuid::new_v4().to_string(), consumer, queue))
+                    .collect();
+                if let Some(journal) = &self.journal {
+                    let ids: Vec<(String, String)> = routed
                         .iter()
-                        .any(|pattern| topic::matches(pattern, envelope.event_type()));
-                    if routed {
-                        queue.push(Delivery {
-                            envelope: envelope.clone(),
-                            carried: carried.clone(),
-                            attempt: 1,
-                        });
-                    }
+                        .map(|(id, consumer, _)| (id.clone(), consumer.clone()))
+                        .collect();
+                    journal.enqueue(envelope, &ids).await?;
                 }
-                // In memory, handing the event over is the confirm.
+                for (id, _, queue) in routed {
+                    queue.push(Delivery {
+                        id,
+                        envelope: envelope.clone(),
+                        carried: carried.clone(),
+                        attempt: 1,
+                    });
+                }
+                // Handing the event over (and, when durable, committing it) is the confirm.
                 let labels = [envelope.event_type()];
                 metrics().published.with_label_values(&labels).inc();
                 metrics().confirmed.with_label_values(&labels).inc();
@@ -170,6 +241,7 @@ impl EventBus for InProcessBus {
         Box::pin(async move {
             let queue = self.declare_one(&subscription);
             let consumer = subscription.consumer;
+            let journal = self.journal.clone();
             Ok(tokio::spawn(
                 async move {
                     loop {
@@ -177,7 +249,14 @@ impl EventBus for InProcessBus {
                             delivery = queue.next() => delivery,
                             () = shutdown.cancelled() => break,
                         };
-                        deliver(&consumer, &queue, handler.as_ref(), delivery).await;
+                        deliver(
+                            &consumer,
+                            &queue,
+                            journal.as_deref(),
+                            handler.as_ref(),
+                            delivery,
+                        )
+                        .await;
                     }
                 }
                 .with_current_subscriber(),
@@ -201,7 +280,13 @@ impl EventBus for InProcessBus {
         Box::pin(async move {
             Ok(self
                 .queue(consumer)
-                .map(|queue| lock(&queue.state).dead.clone())
+                .map(|queue| {
+                    lock(&queue.state)
+                        .dead
+                        .iter()
+                        .map(|(_, letter)| letter.clone())
+                        .collect()
+                })
                 .unwrap_or_default())
         })
     }
@@ -217,16 +302,20 @@ impl EventBus for InProcessBus {
                 event_id: event_id.to_owned(),
             };
             let queue = self.queue(consumer).ok_or_else(missing)?;
-            let letter = {
+            let (id, letter) = {
                 let mut state = lock(&queue.state);
                 let index = state
                     .dead
                     .iter()
-                    .position(|letter| letter.envelope.id() == event_id)
+                    .position(|(_, letter)| letter.envelope.id() == event_id)
                     .ok_or_else(missing)?;
                 state.dead.remove(index)
             };
+            if let Some(journal) = &self.journal {
+                journal.revive(&id).await?;
+            }
             queue.push(Delivery {
+                id,
                 envelope: letter.envelope,
                 carried: Carried::default(),
                 attempt: 1,
@@ -237,8 +326,15 @@ impl EventBus for InProcessBus {
 }
 
 /// One attempt; a failure is scheduled again after the policy's delay, or dead-lettered with
-/// its reason.
-async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, delivery: Delivery) {
+/// its reason. The journal follows each outcome; should a write to it fail, the worst case is a
+/// delivery repeated after a restart, which the consumer's processed-events table makes harmless.
+async fn deliver(
+    consumer: &str,
+    queue: &Queue,
+    journal: Option<&Journal>,
+    handler: &dyn EventHandler,
+    delivery: Delivery,
+) {
     let envelope = &delivery.envelope;
     let outcome = handling::run(
         SYSTEM,
@@ -249,27 +345,41 @@ async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, deli
         delivery.attempt,
     )
     .await;
-    let labels = [consumer, envelope.event_type()];
+    let event_type = envelope.event_type().to_owned();
+    let labels = [consumer, event_type.as_str()];
     let reason = match outcome {
         Ok(()) => {
             metrics().consumed.with_label_values(&labels).inc();
+            if let Some(journal) = journal {
+                noted(consumer, journal.done(&delivery.id).await);
+            }
             return;
         }
         Err(HandlerError::Permanent(reason)) => reason,
         Err(HandlerError::Transient(reason)) => {
-            let mut state = lock(&queue.state);
-            if delivery.attempt < state.retry.max_attempts {
-                let delay = state.retry.delay_after(delivery.attempt);
+            let retry = {
+                let state = lock(&queue.state);
+                (delivery.attempt < state.retry.max_attempts)
+                    .then(|| state.retry.delay_after(delivery.attempt))
+            };
+            if let Some(delay) = retry {
                 tracing::warn!(consumer, %reason, ?delay, attempt = delivery.attempt, "event handling failed; retrying");
-                state.delayed.push((
+                let attempt = delivery.attempt + 1;
+                if let Some(journal) = journal {
+                    let due_at_ms = now_ms()
+                        .saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+                    noted(
+                        consumer,
+                        journal.retry(&delivery.id, attempt, due_at_ms).await,
+                    );
+                }
+                lock(&queue.state).delayed.push((
                     Instant::now() + delay,
                     Delivery {
-                        envelope: delivery.envelope.clone(),
-                        carried: delivery.carried.clone(),
-                        attempt: delivery.attempt + 1,
+                        attempt,
+                        ..delivery
                     },
                 ));
-                drop(state);
                 queue.changed.notify_one();
                 metrics().retried.with_label_values(&labels).inc();
                 return;
@@ -279,9 +389,22 @@ async fn deliver(consumer: &str, queue: &Queue, handler: &dyn EventHandler, deli
     };
     tracing::error!(consumer, %reason, attempt = delivery.attempt, "event dead-lettered");
     metrics().dead_lettered.with_label_values(&labels).inc();
-    lock(&queue.state).dead.push(DeadLetter {
-        envelope: delivery.envelope.clone(),
+    if let Some(journal) = journal {
+        noted(
+            consumer,
+            journal.dead(&delivery.id, delivery.attempt, &reason).await,
+        );
+    }
+    let letter = DeadLetter {
+        envelope: delivery.envelope,
         attempts: delivery.attempt,
         reason,
-    });
+    };
+    lock(&queue.state).dead.push((delivery.id, letter));
+}
+
+fn noted(consumer: &str, written: Result<(), BusError>) {
+    if let Err(error) = written {
+        tracing::warn!(consumer, %error, "the bus journal missed an outcome; the event may be delivered again after a restart");
+    }
 }
