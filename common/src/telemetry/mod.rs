@@ -11,6 +11,7 @@ mod b3;
 mod dispatch;
 mod ecs;
 mod propagation;
+mod worker_threads;
 
 use std::{
     io::IsTerminal,
@@ -139,11 +140,13 @@ impl Telemetry {
             .with_filter(EnvFilter::new(&self.trace_filter));
         let dispatch = Dispatch::new(
             tracing_subscriber::registry()
+                .with(worker_threads::PinWorkerThreads::new(own_dispatch.clone()))
                 .with(log_layer)
                 .with(trace_layer),
         );
-        // The log format reads trace ids through its own dispatch: inside a dispatch's callback
-        // the thread's current dispatch is not available.
+        // The log format reads trace ids through its own dispatch (inside a dispatch's callback
+        // the thread's current dispatch is not available), and SQLite's connection threads
+        // adopt it as their default.
         let _ = own_dispatch.set(dispatch.downgrade());
         Ok(dispatch)
     }
