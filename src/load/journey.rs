@@ -16,8 +16,11 @@ use super::{
 
 /// The payment simulator's card that always approves (services/payment/src/provider.rs).
 const CARD: &str = "tok_visa";
-/// Between two GetOrder polls of an order waiting for its payment.
-const POLL_INTERVAL: Duration = Duration::from_millis(200);
+/// The first wait before polling an order waiting for its payment; each further wait doubles,
+/// up to [`POLL_MAX`]. A fixed short interval would multiply the load exactly when the saga is
+/// slow (at 10 000 users, polls outnumbered every other request), and a real client backs off.
+const POLL_FIRST: Duration = Duration::from_millis(200);
+const POLL_MAX: Duration = Duration::from_secs(2);
 /// The journey's weights; see the module comment.
 const JOURNEY: [(Task, u32); 4] = [
     (Task::Browse, 10),
@@ -100,7 +103,7 @@ pub(crate) enum Task {
     /// This many GetProducts, back to back.
     View(u8),
     Search,
-    /// PlaceOrder, then GetOrder every [`POLL_INTERVAL`] until the order is final.
+    /// PlaceOrder, then GetOrder (backing off from [`POLL_FIRST`]) until the order is final.
     Checkout,
     Url,
 }
@@ -245,6 +248,7 @@ impl<D: Driver> Shopper<D> {
         let recorder = &ctx.recorder;
         recorder.order_placed();
         let give_up = due + ctx.confirm_timeout;
+        let mut pause = POLL_FIRST;
         loop {
             let waited = end.saturating_duration_since(due);
             match state {
@@ -258,7 +262,8 @@ impl<D: Driver> Shopper<D> {
                 }
                 OrderState::Pending => {}
             }
-            let next = end + POLL_INTERVAL;
+            let next = end + pause;
+            pause = (pause * 2).min(POLL_MAX);
             if next >= give_up {
                 recorder.order_ended(OrderEnd::NotConfirmed, waited);
                 return end;

@@ -20,12 +20,10 @@ pub(crate) fn svg(summary: &Summary) -> Result<String, String> {
     {
         let root = SVGBackend::with_string(&mut text, (WIDTH, HEIGHT)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| e.to_string())?;
-        let title = format!(
-            "shop load: {} over {} ({})",
-            summary.scenario, summary.target, summary.model
-        );
+        // The model is in the first chart's caption: one line of title would not hold both.
+        let title = format!("shop load: {} over {}", summary.scenario, summary.target);
         let root = root
-            .titled(&title, ("sans-serif", 18))
+            .titled(&title, ("sans-serif", 16))
             .map_err(|e| e.to_string())?;
         let panels = root.split_evenly((3, 1));
         latency_over_time(&panels[0], summary).map_err(|e| e.to_string())?;
@@ -54,11 +52,12 @@ fn seconds(summary: &Summary) -> f64 {
 fn latency_over_time(area: &Area<'_>, summary: &Summary) -> Drawn {
     let timeline = &summary.timeline;
     let top = ceiling(timeline.iter().map(|p| p.max_ms));
+    let caption = format!(
+        "Latency over time, from due time ({})",
+        model_words(&summary.model)
+    );
     let mut chart = ChartBuilder::on(area)
-        .caption(
-            "Latency over time (from due time, per second)",
-            ("sans-serif", 16),
-        )
+        .caption(caption, ("sans-serif", 14))
         .margin(10)
         .x_label_area_size(35)
         .y_label_area_size(70)
@@ -125,6 +124,11 @@ fn throughput_over_time(area: &Area<'_>, summary: &Summary) -> Drawn {
         .draw()
 }
 
+/// The model without its seed and limit, short enough for a caption.
+fn model_words(model: &str) -> &str {
+    model.split(", at most").next().unwrap_or(model)
+}
+
 /// `x` nines as a percentile label: 0 → 0%, 1 → 90%, 2 → 99%, 3 → 99.9%.
 fn percentile_label(nines: &f64) -> String {
     let percent = 100.0 * (1.0 - 10f64.powf(-nines));
@@ -134,8 +138,10 @@ fn percentile_label(nines: &f64) -> String {
 }
 
 fn distribution(area: &Area<'_>, summary: &Summary) -> Drawn {
-    // The x axis counts nines: the tail, where the trouble is, gets most of the room.
-    let nines = |percentile: f64| -(1.0 - percentile / 100.0).max(1e-6).log10();
+    // The x axis counts nines: the tail, where the trouble is, gets most of the room. The
+    // maximum goes where the sample count stops resolving (one in `count`), not at infinity.
+    let resolved = (summary.overall.count.max(1) as f64).log10();
+    let nines = |percentile: f64| (-(1.0 - percentile / 100.0).max(1e-12).log10()).min(resolved);
     let points: Vec<(f64, f64)> = summary
         .distribution
         .iter()

@@ -154,8 +154,10 @@ pub(crate) enum OrderEnd {
 pub struct Point {
     /// Seconds since the start, at the end of the interval.
     pub t_s: f64,
+    /// Answered or cut off in the interval.
     pub requests: u64,
     pub errors: u64,
+    /// Answered requests per second (cut-offs are not throughput).
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -170,6 +172,8 @@ struct Stats {
     /// Since the last tick: the timeline's next point.
     interval: Histogram<u64>,
     interval_errors: u64,
+    /// Answered since the last tick (cut-offs are in `interval` but were never answered).
+    interval_answered: u64,
     last_tick: Instant,
     timeline: Vec<Point>,
     in_flight: u64,
@@ -202,6 +206,7 @@ impl Recorder {
                 overall: Tally::new(),
                 interval: histogram(),
                 interval_errors: 0,
+                interval_answered: 0,
                 last_tick: started,
                 timeline: Vec::new(),
                 in_flight: 0,
@@ -246,6 +251,7 @@ impl Recorder {
         let stats = &mut *stats;
         stats.in_flight = stats.in_flight.saturating_sub(1);
         stats.interval.saturating_record(latency);
+        stats.interval_answered += 1;
         let tally = stats.steps.entry(step).or_insert_with(Tally::new);
         for t in [tally, &mut stats.overall] {
             t.latency.saturating_record(latency);
@@ -308,7 +314,7 @@ impl Recorder {
             requests: l.count,
             errors: stats.interval_errors,
             rps: if seconds > 0.0 {
-                l.count as f64 / seconds
+                stats.interval_answered as f64 / seconds
             } else {
                 0.0
             },
@@ -319,6 +325,7 @@ impl Recorder {
         };
         stats.interval.reset();
         stats.interval_errors = 0;
+        stats.interval_answered = 0;
         stats.last_tick = now;
         stats.timeline.push(point);
         point
@@ -454,6 +461,7 @@ mod tests {
         drop(recorder.pending(Step::PlaceOrder, start));
         let point = recorder.tick(Instant::now());
         assert_eq!((point.requests, point.errors, point.in_flight), (1, 1, 0));
+        assert_eq!(point.rps, 0.0);
         let totals = recorder.totals();
         let placed = &totals.steps[&Step::PlaceOrder];
         assert_eq!(placed.errors[CUT_OFF].count, 1);
