@@ -9,6 +9,7 @@ use sqlx::Row as _;
 use tracing::{Dispatch, instrument::WithSubscriber as _};
 
 use super::super::{BusError, Envelope};
+pub(super) use crate::clock::now_ms;
 use crate::storage::{Backend, Db};
 
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bus_deliveries (
@@ -39,12 +40,6 @@ pub(super) struct Journal {
 
 fn unavailable(error: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(format!("the bus journal: {error}"))
-}
-
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Journal {
