@@ -1,5 +1,5 @@
 //! What every shop service shares: configuration, telemetry, the gRPC server kit, the start-up
-//! path, metrics, shutdown signalling, storage, events and the error convention.
+//! path, metrics, shutdown signalling, storage, events, resilience and the error convention.
 
 pub mod auth;
 pub mod client;
@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod metrics;
 pub mod paging;
 pub mod process;
+pub mod resilience;
 pub mod service;
 pub mod shutdown;
 pub mod storage;
