@@ -7,6 +7,7 @@ use std::{fmt, time::Duration};
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use shop_common::{client::connect_lazy, config::ClientTlsArgs};
 use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -26,6 +27,9 @@ pub struct ProbeArgs {
     /// Keep retrying failed checks for this long (a system that is still starting).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub wait: Duration,
+    /// What `https://` targets are checked with, as the services' own channels are.
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +72,7 @@ pub async fn run(args: &ProbeArgs) -> Result<Vec<Check>, NothingToProbe> {
 async fn once(args: &ProbeArgs) -> Vec<Check> {
     let mut checks = Vec::with_capacity(args.grpc.len() + args.http.len());
     for target in &args.grpc {
-        let outcome = tokio::time::timeout(args.timeout, grpc_health(target))
+        let outcome = tokio::time::timeout(args.timeout, grpc_health(target, &args.tls))
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {:?}", args.timeout)));
         checks.push(Check {
@@ -88,12 +92,11 @@ async fn once(args: &ProbeArgs) -> Vec<Check> {
     checks
 }
 
-async fn grpc_health(target: &str) -> Result<String, String> {
-    let channel = Endpoint::from_shared(target.to_owned())
-        .map_err(|e| format!("not a URL: {e}"))?
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
+async fn grpc_health(target: &str, tls: &ClientTlsArgs) -> Result<String, String> {
+    let endpoint =
+        Endpoint::from_shared(target.to_owned()).map_err(|e| format!("not a URL: {e}"))?;
+    let tls = tls.load().map_err(|e| e.to_string())?;
+    let channel = connect_lazy("--grpc", &endpoint, &tls).map_err(|e| e.to_string())?;
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: String::new(),

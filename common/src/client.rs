@@ -1,7 +1,7 @@
 //! Channels to other services: lazy, so start-up order does not matter; every call has a
 //! deadline (the mesh retries; we do not wait forever); and every call is a client span whose
 //! trace context travels in the request headers (W3C `traceparent` and B3), so the callee's work
-//! joins the caller's trace.
+//! joins the caller's trace. `https://` channels use the configured [`ClientTls`].
 
 use std::{
     future::Future,
@@ -23,23 +23,55 @@ use crate::{
     config::ConfigError,
     grpc::{OnStatus, StatusBody, record_on, rpc_names, status_in},
     telemetry::inject,
+    tls::ClientTls,
 };
 
-/// A channel to `url` (`http://user-service:50051`) that connects on first use; a malformed URL
-/// is a configuration error naming `setting`.
-pub fn lazy_channel(setting: &str, url: &str) -> Result<TracedChannel, ConfigError> {
+/// A channel to `url` (`http://user-service:50051`, or `https://…` over `tls`) that connects on
+/// first use; a malformed URL, or one whose scheme does not fit `tls`, is a configuration error
+/// naming `setting`.
+pub fn lazy_channel(
+    setting: &str,
+    url: &str,
+    tls: &ClientTls,
+) -> Result<TracedChannel, ConfigError> {
     let endpoint = Endpoint::from_shared(url.to_owned())
         .map_err(|e| ConfigError::new(setting, format!("not a URL: {e}")))?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(5));
     Ok(TracedChannel {
-        inner: endpoint.connect_lazy(),
+        inner: connect_lazy(setting, &endpoint, tls)?,
         peer: endpoint
             .uri()
             .authority()
             .map(|a| a.to_string())
             .unwrap_or_default(),
     })
+}
+
+/// A plain channel to `endpoint`, over TLS when its URL is `https://`. With TLS configured a
+/// plaintext URL is refused rather than quietly sending calls unencrypted.
+pub fn connect_lazy(
+    setting: &str,
+    endpoint: &Endpoint,
+    tls: &ClientTls,
+) -> Result<Channel, ConfigError> {
+    let url = endpoint.uri();
+    match (url.scheme_str(), tls.connector()) {
+        (Some("https"), Some(connector)) => Ok(endpoint.connect_with_connector_lazy(connector)),
+        (Some("https"), None) => Err(ConfigError::new(
+            setting,
+            format!(
+                "{url} is https but GRPC_CLIENT_TLS_CA_FILE is not set: nothing to check the server's certificate with"
+            ),
+        )),
+        (_, Some(_)) => Err(ConfigError::new(
+            setting,
+            format!(
+                "{url} is not https but GRPC_CLIENT_TLS_CA_FILE is set: calls would go unencrypted"
+            ),
+        )),
+        (_, None) => Ok(endpoint.connect_lazy()),
+    }
 }
 
 /// A [`Channel`] whose calls are client spans carrying their trace context.

@@ -138,6 +138,40 @@ impl Default for ShutdownArgs {
     }
 }
 
+/// TLS of a service's gRPC port, without a mesh (inside Istio the sidecar does mTLS and these
+/// stay unset). PEM files, as cert-manager or Vault Agent write them; read again when they
+/// change. Without a certificate the port is plaintext.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// The server's certificate chain (PEM), leaf first.
+    #[arg(long, env = "GRPC_TLS_CERT_FILE")]
+    pub grpc_tls_cert_file: Option<PathBuf>,
+
+    /// The private key of that certificate (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "GRPC_TLS_KEY_FILE")]
+    pub grpc_tls_key_file: Option<PathBuf>,
+
+    /// CA bundle (PEM); when set, every client must present a certificate it signed (mTLS).
+    #[arg(long, env = "GRPC_TLS_CLIENT_CA_FILE")]
+    pub grpc_tls_client_ca_file: Option<PathBuf>,
+}
+
+/// TLS of the gRPC channels a service opens to others (`https://` URLs), without a mesh.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ClientTlsArgs {
+    /// CA bundle (PEM) that servers' certificates are checked against; needed for `https://`.
+    #[arg(long, env = "GRPC_CLIENT_TLS_CA_FILE")]
+    pub grpc_client_tls_ca_file: Option<PathBuf>,
+
+    /// The certificate (PEM) this service presents to servers that require one.
+    #[arg(long, env = "GRPC_CLIENT_TLS_CERT_FILE")]
+    pub grpc_client_tls_cert_file: Option<PathBuf>,
+
+    /// The private key of that certificate (PEM).
+    #[arg(long, env = "GRPC_CLIENT_TLS_KEY_FILE")]
+    pub grpc_client_tls_key_file: Option<PathBuf>,
+}
+
 /// Log and trace settings, shared by every binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TelemetryArgs {

@@ -17,6 +17,7 @@ pub mod service;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::Error;
 

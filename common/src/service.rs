@@ -19,6 +19,7 @@ use crate::{
     },
     grpc::{Check, GrpcServer, Readiness, ServeError},
     storage::{Db, StorageError},
+    tls::ClientTls,
 };
 
 /// How often a database pool's use is sampled.
@@ -193,9 +194,10 @@ impl Service {
     pub fn remote_keys(
         &mut self,
         user_service_url: &str,
+        tls: &ClientTls,
         jwt: &JwtArgs,
     ) -> Result<RemoteKeys, StartError> {
-        let keys = RemoteKeys::new(user_service_url, &jwt.verifier_config())?;
+        let keys = RemoteKeys::new(user_service_url, tls, &jwt.verifier_config())?;
         let jwks = keys.jwks.clone();
         let stop = self.stopping();
         self.spawn(async move { jwks.refresh_every(RemoteKeys::REFRESH_EVERY, stop).await });

@@ -17,7 +17,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::Verifier;
-use crate::{BoxFuture, config::ConfigError};
+use crate::{BoxFuture, config::ConfigError, tls::ClientTls};
 
 /// The RSA keys of `jwks` as the proto message carries them.
 pub fn to_proto(jwks: &JwkSet) -> Vec<pb::Jwk> {
@@ -79,9 +79,10 @@ impl JwksClient {
     pub fn new(
         setting: &str,
         user_service_url: &str,
+        tls: &ClientTls,
         verifier: Arc<Verifier>,
     ) -> Result<Self, ConfigError> {
-        let channel = crate::client::lazy_channel(setting, user_service_url)?;
+        let channel = crate::client::lazy_channel(setting, user_service_url, tls)?;
         Ok(Self {
             client: UserServiceClient::new(channel),
             verifier,
@@ -142,12 +143,14 @@ impl RemoteKeys {
     /// [`JwksClient::refresh_every`] runs or a token names an unknown key.
     pub fn new(
         user_service_url: &str,
+        tls: &ClientTls,
         config: &super::VerifierConfig,
     ) -> Result<Self, ConfigError> {
         let verifier = Arc::new(Verifier::new(config));
         let jwks = Arc::new(JwksClient::new(
             "USER_SERVICE_URL",
             user_service_url,
+            tls,
             verifier.clone(),
         )?);
         Ok(Self { verifier, jwks })

@@ -14,6 +14,7 @@ use tonic::{
 use crate::{
     client::TracedChannel,
     config::{ConfigError, Secret},
+    tls::ClientTls,
 };
 
 const AUTHORIZATION: &str = "authorization";
@@ -38,10 +39,11 @@ impl ServiceToken {
     pub fn new(
         setting: &str,
         user_service_url: &str,
+        tls: &ClientTls,
         client_id: impl Into<String>,
         client_secret: Secret,
     ) -> Result<Self, ConfigError> {
-        let channel = crate::client::lazy_channel(setting, user_service_url)?;
+        let channel = crate::client::lazy_channel(setting, user_service_url, tls)?;
         Ok(Self {
             client: UserServiceClient::new(channel),
             client_id: client_id.into(),

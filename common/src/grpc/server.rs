@@ -1,5 +1,6 @@
 //! The server builder every service uses: health, reflection (v1 and v1alpha), grpc-web,
-//! request context, RED metrics and graceful shutdown, so no service repeats them.
+//! request context, RED metrics, graceful shutdown and, when configured, TLS or mTLS, so no
+//! service repeats them.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -22,7 +23,13 @@ use tracing::instrument::WithSubscriber as _;
 use super::{
     Readiness, RedMetricsLayer, RequestContextLayer, UndecodableLayer, abortable::Abortable,
 };
-use crate::{auth::AuthLayer, config::ShutdownArgs, telemetry::DispatchLayer};
+use crate::{
+    BoxFuture,
+    auth::AuthLayer,
+    config::ShutdownArgs,
+    telemetry::DispatchLayer,
+    tls::{ServerTls, TlsIncoming},
+};
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 /// A health entry that is SERVING for as long as the process serves at all, draining included:
@@ -51,6 +58,7 @@ pub struct GrpcServer {
     health: HealthReporter,
     readiness: Readiness,
     auth: Option<AuthLayer>,
+    tls: Option<ServerTls>,
     shutdown: ShutdownArgs,
 }
 
@@ -72,6 +80,7 @@ impl GrpcServer {
             health,
             readiness: Readiness::default(),
             auth: None,
+            tls: None,
             shutdown,
         }
     }
@@ -105,6 +114,13 @@ impl GrpcServer {
         self
     }
 
+    /// Serves over TLS (`Some`), requiring client certificates if it has a client CA;
+    /// plaintext with `None`.
+    pub fn with_tls(mut self, tls: Option<ServerTls>) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// The health reporter, for parts that later go NOT_SERVING (an open circuit breaker).
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
@@ -126,6 +142,7 @@ impl GrpcServer {
             health,
             readiness,
             auth,
+            tls,
             shutdown: timing,
         } = self;
         let health_names: Vec<&str> = std::iter::once("")
@@ -151,8 +168,13 @@ impl GrpcServer {
             .option_layer(auth)
             .layer(UndecodableLayer);
 
+        let security = match &tls {
+            None => "plaintext",
+            Some(tls) if tls.is_mutual() => "mtls",
+            Some(_) => "tls",
+        };
         match listener.local_addr() {
-            Ok(addr) => tracing::info!(service = %name, %addr, "grpc server listening"),
+            Ok(addr) => tracing::info!(service = %name, %addr, security, "grpc server listening"),
             Err(error) => {
                 tracing::warn!(service = %name, %error, "grpc server listening on an unknown address")
             }
@@ -192,12 +214,17 @@ impl GrpcServer {
             TcpIncoming::from(listener)
                 .map(move |io| io.map(|io| Abortable::new(io, abort.clone())))
         };
-        let server = Server::builder()
+        let router = Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .layer(layers)
-            .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(incoming, drained);
+            .add_routes(routes.routes());
+        let server: BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {
+            Some(tls) => Box::pin(
+                router.serve_with_incoming_shutdown(TlsIncoming::new(incoming, tls), drained),
+            ),
+            None => Box::pin(router.serve_with_incoming_shutdown(incoming, drained)),
+        };
         let deadline = async {
             shutdown.cancelled().await;
             tokio::time::sleep(timing.shutdown_drain_delay + timing.shutdown_grace_period).await;

@@ -2,7 +2,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf};
 
-use shop_common::config::{ConfigError, JwtArgs};
+use shop_common::config::{ClientTlsArgs, ConfigError, JwtArgs};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -36,6 +36,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub jwt: JwtArgs,
+
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             user_service_url,
             max_body_bytes: 1024 * 1024,
             jwt: JwtArgs::default(),
+            client_tls: ClientTlsArgs::default(),
         }
     }
 

@@ -43,15 +43,16 @@ pub const NAME: &str = "gateway";
 /// Serves the gateway on `start.listener` until `start.shutdown` is cancelled, then lets
 /// in-flight requests finish.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
+    let client_tls = config.client_tls.load()?;
     let mut service = Service::without_events(NAME, start);
     let kong = KongConfig::load_or_builtin(config.kong_config.as_deref()).map_err(kong_config)?;
     let routes = Routes::new(&kong, &config.upstreams()?).map_err(kong_config)?;
     let channels = routes
         .upstreams
         .iter()
-        .map(|u| lazy_channel("GATEWAY_UPSTREAMS", &u.url))
+        .map(|u| lazy_channel("GATEWAY_UPSTREAMS", &u.url, &client_tls))
         .collect::<Result<Vec<_>, _>>()?;
-    let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let keys = service.remote_keys(&config.user_service_url, &client_tls, &config.jwt)?;
     report(&config, &kong, &routes);
     let prometheus = kong.global("prometheus").is_some();
     let proxy = Arc::new(Proxy {

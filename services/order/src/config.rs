@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default, value_or_file,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    secret_or_default, value_or_file,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -69,6 +70,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    #[command(flatten)]
+    pub server_tls: ServerTlsArgs,
+
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
 }
 
 impl Config {
@@ -104,6 +111,8 @@ impl Config {
             abandoned_checkout_after: Duration::from_secs(600),
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            server_tls: ServerTlsArgs::default(),
+            client_tls: ClientTlsArgs::default(),
         }
     }
 

@@ -33,14 +33,18 @@ pub const NAME: &str = "order-service";
 
 /// Serves the order service until `start.shutdown` is cancelled, then drains.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
+    let server_tls = config.server_tls.load()?;
+    let client_tls = config.client_tls.load()?;
     let stock = Stock {
         products: ProductServiceClient::new(lazy_channel(
             "PRODUCT_SERVICE_URL",
             &config.product_service_url,
+            &client_tls,
         )?),
         service_token: ServiceToken::new(
             "USER_SERVICE_URL",
             &config.user_service_url,
+            &client_tls,
             config.client_id.clone(),
             config.client_secret()?,
         )?,
@@ -54,7 +58,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
             &store::MIGRATOR,
         )
         .await?;
-    let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let keys = service.remote_keys(&config.user_service_url, &client_tls, &config.jwt)?;
     let revocations = service
         .revocations(Arc::new(SqlRevocations::new(db.clone())))
         .await?;
@@ -79,6 +83,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     ));
     let server = service
         .grpc(config.shutdown.clone())
+        .with_tls(server_tls)
         .add_service(OrderServiceServer::new(OrderApi { orders }))
         .with_auth(
             keys.auth(api::policy())

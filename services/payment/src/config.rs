@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    secret_or_default,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +59,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    #[command(flatten)]
+    pub server_tls: ServerTlsArgs,
+
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
 }
 
 impl Config {
@@ -85,6 +92,8 @@ impl Config {
             simulator_ledger: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            server_tls: ServerTlsArgs::default(),
+            client_tls: ClientTlsArgs::default(),
         }
     }
 }

@@ -48,6 +48,8 @@ pub async fn serve_with(
     provider: Arc<dyn PaymentProvider>,
     start: Start,
 ) -> Result<(), StartError> {
+    let server_tls = config.server_tls.load()?;
+    let client_tls = config.client_tls.load()?;
     let mut service = Service::start(NAME, start, &config.events).await?;
     let db = service
         .database(
@@ -56,7 +58,7 @@ pub async fn serve_with(
             &store::MIGRATOR,
         )
         .await?;
-    let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let keys = service.remote_keys(&config.user_service_url, &client_tls, &config.jwt)?;
     let revocations = service
         .revocations(Arc::new(SqlRevocations::new(db.clone())))
         .await?;
@@ -76,6 +78,7 @@ pub async fn serve_with(
         .await?;
     let server = service
         .grpc(config.shutdown.clone())
+        .with_tls(server_tls)
         .add_service(PaymentServiceServer::new(PaymentApi { payments }))
         .with_auth(
             keys.auth(api::policy())

@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use shop_common::config::{
-    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    secret_or_default,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +46,12 @@ pub struct Config {
 
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
+
+    #[command(flatten)]
+    pub server_tls: ServerTlsArgs,
+
+    #[command(flatten)]
+    pub client_tls: ClientTlsArgs,
 }
 
 impl Config {
@@ -69,6 +76,8 @@ impl Config {
             seed_demo_catalogue: false,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            server_tls: ServerTlsArgs::default(),
+            client_tls: ClientTlsArgs::default(),
         }
     }
 }

@@ -32,6 +32,8 @@ pub const NAME: &str = "product-service";
 
 /// Serves the product service until `start.shutdown` is cancelled, then drains.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
+    let server_tls = config.server_tls.load()?;
+    let client_tls = config.client_tls.load()?;
     let mut service = Service::start(NAME, start, &config.events).await?;
     let (store, revoked) = open_store(&mut service, config.database_url()?.expose()).await?;
     let catalogue = Arc::new(Catalogue { store });
@@ -41,7 +43,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
             .await
             .map_err(|e| StartError::step("catalogue store", e))?;
     }
-    let keys = service.remote_keys(&config.user_service_url, &config.jwt)?;
+    let keys = service.remote_keys(&config.user_service_url, &client_tls, &config.jwt)?;
     let revocations = service.revocations(revoked).await?;
     let handler = Arc::new(events::ReleaseOnCancel {
         catalogue: catalogue.clone(),
@@ -51,6 +53,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         .await?;
     let server = service
         .grpc(config.shutdown.clone())
+        .with_tls(server_tls)
         .add_service(ProductServiceServer::new(ProductApi { catalogue }))
         .with_auth(
             keys.auth(api::policy())

@@ -4,7 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ConfigError, EventArgs, JwtArgs, Secret, ShutdownArgs, secret_or_default, value_or_file,
+    ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs, secret_or_default,
+    value_or_file,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -85,6 +86,9 @@ pub struct Config {
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 
+    #[command(flatten)]
+    pub server_tls: ServerTlsArgs,
+
     /// Accounts created at start-up if missing, besides the bootstrap admin (`shop up`'s demo
     /// users). Not a flag.
     #[arg(skip)]
@@ -132,6 +136,7 @@ impl Config {
             bootstrap_admin_password_file: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            server_tls: ServerTlsArgs::default(),
             seed_users: Vec::new(),
         }
     }

@@ -34,6 +34,7 @@ pub const NAME: &str = "user-service";
 /// Serves the user service until `start.shutdown` is cancelled, then drains. Its events go to
 /// the bus; without one they wait in the outbox.
 pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
+    let server_tls = config.server_tls.load()?;
     let keys = Arc::new(signing_keys(&config)?);
     let clients = ServiceClients::new(&config.service_clients()?);
     let seeds = config.accounts_to_seed()?;
@@ -82,6 +83,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let api = UserApi { accounts };
     let server = service
         .grpc(config.shutdown.clone())
+        .with_tls(server_tls)
         .add_service(UserServiceServer::new(api))
         .with_auth(AuthLayer::new(verifier, api::policy()).with_revocations(revocations));
     service.serve(server).await

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use shop_common::{
     auth::{JwksClient, Role, ServiceToken, Verifier, forward_token},
     config::{JwtArgs, Secret},
+    tls::ClientTls,
 };
 use shop_proto::{
     events::v1::{UserDeleted, UserRegistered, UserSessionsRevoked},
@@ -733,7 +734,12 @@ pub(crate) async fn other_services_fetch_the_jwks_and_their_own_service_token(
     // What order-service does at start: fetch the keys, then verify callers' tokens locally.
     let verifier = Arc::new(Verifier::new(&JwtArgs::default().verifier_config()));
     assert!(verifier.verify(&token).is_err(), "no keys yet");
-    let jwks = JwksClient::new("USER_SERVICE_URL", &url, verifier.clone())?;
+    let jwks = JwksClient::new(
+        "USER_SERVICE_URL",
+        &url,
+        &ClientTls::none(),
+        verifier.clone(),
+    )?;
     assert_eq!(jwks.fetch().await?, 1);
     assert_eq!(
         verifier.verify(&token).map(|c| c.sub),
@@ -744,6 +750,7 @@ pub(crate) async fn other_services_fetch_the_jwks_and_their_own_service_token(
     let service = ServiceToken::new(
         "ORDER_CLIENT_SECRET",
         &url,
+        &ClientTls::none(),
         CLIENT_ID,
         Secret::new(CLIENT_SECRET),
     )?;
@@ -772,7 +779,13 @@ pub(crate) async fn other_services_fetch_the_jwks_and_their_own_service_token(
     let me = app.client.clone().get_me(outgoing).await?.into_inner().user;
     assert_eq!(me.map(|u| u.email).as_deref(), Some("ada@example.com"));
 
-    let impostor = ServiceToken::new("X", &url, CLIENT_ID, Secret::new("not-the-secret-at-all"))?;
+    let impostor = ServiceToken::new(
+        "X",
+        &url,
+        &ClientTls::none(),
+        CLIENT_ID,
+        Secret::new("not-the-secret-at-all"),
+    )?;
     let refused = impostor
         .authorize(&mut tonic::Request::new(pb::GetMeRequest {}))
         .await;
