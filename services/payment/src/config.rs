@@ -6,6 +6,7 @@ use shop_common::config::{
     ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
     secret_or_default,
 };
+use shop_common::resilience::{BreakerSettings, Retry};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
@@ -41,9 +42,29 @@ pub struct Config {
     #[arg(long, env = "PAYMENT_CHARGE_ATTEMPTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub charge_attempts: u32,
 
-    /// Wait before the second attempt; doubles for each further one.
+    /// Wait before the second attempt; doubles for each further one up to
+    /// `PAYMENT_RETRY_MAX_DELAY`. Each wait is drawn at random from the upper half of its value,
+    /// so charges that failed together are not retried together.
     #[arg(long, env = "PAYMENT_RETRY_DELAY", default_value = "200ms", value_parser = humantime::parse_duration)]
     pub retry_delay: Duration,
+
+    /// The longest wait between two attempts of a charge.
+    #[arg(long, env = "PAYMENT_RETRY_MAX_DELAY", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_max_delay: Duration,
+
+    /// Failed provider calls in a row (transient errors and timeouts; declines are answers) that
+    /// open the provider's circuit breaker: calls then fail at once, without reaching it, and
+    /// health reports NOT_SERVING until the breaker closes.
+    #[arg(long, env = "PAYMENT_PROVIDER_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub provider_breaker_failures: u32,
+
+    /// How long the breaker stays open before one call probes the provider.
+    #[arg(long, env = "PAYMENT_PROVIDER_BREAKER_OPEN_FOR", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub provider_breaker_open_for: Duration,
+
+    /// The longest the breaker stays open: each failed probe doubles the period, up to this.
+    #[arg(long, env = "PAYMENT_PROVIDER_BREAKER_OPEN_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub provider_breaker_open_max: Duration,
 
     /// File where the card simulator keeps its charges, so refunds after a restart find them.
     /// Unset: in memory (`shop up` keeps it in its data dir).
@@ -78,6 +99,42 @@ impl Config {
         )
     }
 
+    /// Attempts per charge and the waits between them.
+    pub(crate) fn retry(&self) -> Result<Retry, ConfigError> {
+        if self.retry_max_delay < self.retry_delay {
+            return Err(ConfigError::new(
+                "PAYMENT_RETRY_MAX_DELAY",
+                "must not be shorter than PAYMENT_RETRY_DELAY",
+            ));
+        }
+        Ok(Retry {
+            attempts: self.charge_attempts,
+            first_delay: self.retry_delay,
+            max_delay: self.retry_max_delay,
+        })
+    }
+
+    /// When the provider's circuit breaker opens, and for how long.
+    pub(crate) fn provider_breaker(&self) -> Result<BreakerSettings, ConfigError> {
+        if self.provider_breaker_open_for.is_zero() {
+            return Err(ConfigError::new(
+                "PAYMENT_PROVIDER_BREAKER_OPEN_FOR",
+                "must be longer than 0",
+            ));
+        }
+        if self.provider_breaker_open_max < self.provider_breaker_open_for {
+            return Err(ConfigError::new(
+                "PAYMENT_PROVIDER_BREAKER_OPEN_MAX",
+                "must not be shorter than PAYMENT_PROVIDER_BREAKER_OPEN_FOR",
+            ));
+        }
+        Ok(BreakerSettings {
+            failures: self.provider_breaker_failures,
+            open_for: self.provider_breaker_open_for,
+            open_max: self.provider_breaker_open_max,
+        })
+    }
+
     /// Defaults for a local run, as `shop up` and the tests start it.
     pub fn local(listen: SocketAddr, database_url: String, user_service_url: String) -> Self {
         Self {
@@ -89,6 +146,10 @@ impl Config {
             provider_timeout: Duration::from_secs(10),
             charge_attempts: 4,
             retry_delay: Duration::from_millis(200),
+            retry_max_delay: Duration::from_secs(2),
+            provider_breaker_failures: 5,
+            provider_breaker_open_for: Duration::from_secs(5),
+            provider_breaker_open_max: Duration::from_secs(60),
             simulator_ledger: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),

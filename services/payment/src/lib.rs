@@ -19,6 +19,7 @@ pub use provider::{ChargeError, PaymentProvider, Simulator, SimulatorTotals};
 use shop_common::{
     auth::revocation::SqlRevocations,
     config::ConfigError,
+    resilience::Breaker,
     service::{self, Service, Start, StartError},
 };
 use shop_proto::payment::v1::payment_service_server::PaymentServiceServer;
@@ -50,6 +51,8 @@ pub async fn serve_with(
 ) -> Result<(), StartError> {
     let server_tls = config.server_tls.load()?;
     let client_tls = config.client_tls.load()?;
+    let retry = config.retry()?;
+    let breaker = Breaker::new(NAME, "payment_provider", config.provider_breaker()?);
     let mut service = Service::start(NAME, start, &config.events).await?;
     let db = service
         .database(
@@ -62,12 +65,15 @@ pub async fn serve_with(
     let revocations = service
         .revocations(Arc::new(SqlRevocations::new(db.clone())))
         .await?;
+    // Required: charging and refunding are what this service is for, and with the breaker open
+    // neither can happen; reads still answer, but a replica that cannot take money is not ready.
+    service.require("payment provider", breaker.check());
     let payments = Arc::new(Payments {
         store: PaymentStore::new(db.clone()),
         provider,
         timeout: config.provider_timeout,
-        attempts: config.charge_attempts,
-        retry_delay: config.retry_delay,
+        retry,
+        breaker,
     });
     service.publish_outbox(&db);
     let handler = Arc::new(events::OrderEvents {

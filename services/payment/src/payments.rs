@@ -1,11 +1,18 @@
 //! What the service does with money, used by the event handlers and the API alike: charge an
 //! order (at most once, retrying transient failures with the same idempotency key), refund a
 //! payment, settle each outcome with the event that announces it, and show payments to whom
-//! they belong.
+//! they belong. Every provider call goes through the provider's circuit breaker, with a timeout.
 
 use std::{sync::Arc, time::Duration};
 
-use shop_common::{Error, auth::Claims, clock::now_ms, events::Envelope, paging::Cursor};
+use shop_common::{
+    Error,
+    auth::Claims,
+    clock::now_ms,
+    events::Envelope,
+    paging::Cursor,
+    resilience::{Breaker, CallError, Retry},
+};
 use shop_proto::{
     common::v1::Money,
     events::v1::{OrderCreated, PaymentFailed, PaymentRefunded, PaymentSucceeded},
@@ -22,10 +29,17 @@ use crate::{
 pub(crate) struct Payments {
     pub(crate) store: PaymentStore,
     pub(crate) provider: Arc<dyn PaymentProvider>,
+    /// How long one provider call may take before it counts as a failure.
     pub(crate) timeout: Duration,
-    pub(crate) attempts: u32,
-    pub(crate) retry_delay: Duration,
+    /// Attempts per charge on transient failures, timeouts and an open breaker.
+    pub(crate) retry: Retry,
+    pub(crate) breaker: Breaker,
 }
+
+/// Why a charge failed when the provider was never asked: its breaker is open. Transient, like
+/// the provider's own word for being down, so the order is cancelled as it would be after the
+/// provider failed every attempt, and nothing is charged.
+const PROVIDER_UNAVAILABLE: &str = "provider_unavailable";
 
 fn money(payment: &Payment) -> Option<Money> {
     Some(Money {
@@ -70,45 +84,46 @@ impl Payments {
         self.settle_charge(&payment, outcome).await
     }
 
-    /// The provider's answer after up to `attempts` tries: the charge reference, or why not.
+    /// The provider's answer after up to `retry.attempts` tries: the charge reference, or why
+    /// not. Declines are final; transient failures, timeouts and an open breaker are retried
+    /// with the same key after a jittered, doubling wait.
     #[tracing::instrument(
         name = "charge",
         skip_all,
         fields(otel.kind = "client", payment_id = %payment.id, amount_minor = payment.amount_minor)
     )]
     async fn charge(&self, payment: &Payment, token: &str) -> Result<String, String> {
-        let mut delay = self.retry_delay;
-        let mut last = String::new();
-        for attempt in 1..=self.attempts {
-            let call =
+        self.retry
+            .run(|_| self.attempt(payment, token), ChargeError::is_transient)
+            .await
+            .map_err(|(ChargeError::Declined(reason) | ChargeError::Transient(reason))| reason)
+    }
+
+    /// One charge call through the breaker, its outcome counted.
+    async fn attempt(&self, payment: &Payment, token: &str) -> Result<String, ChargeError> {
+        let call = async {
+            let charge =
                 self.provider
                     .charge(&payment.id, payment.amount_minor, &payment.currency, token);
-            let metrics = metrics::payments();
-            match tokio::time::timeout(self.timeout, call).await {
-                Ok(Ok(reference)) => {
-                    metrics.attempt("approved");
-                    return Ok(reference);
-                }
-                Ok(Err(ChargeError::Declined(reason))) => {
-                    metrics.attempt("declined");
-                    return Err(reason);
-                }
-                Ok(Err(ChargeError::Transient(reason))) => {
-                    metrics.attempt("transient");
-                    last = reason;
-                }
-                Err(_) => {
-                    metrics.attempt("timeout");
-                    last = "provider_timeout".to_owned();
-                }
-            }
-            tracing::info!(payment_id = %payment.id, attempt, reason = %last, "charge attempt failed; retrying");
-            if attempt < self.attempts {
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2);
-            }
-        }
-        Err(last)
+            let (outcome, result) = match tokio::time::timeout(self.timeout, charge).await {
+                Ok(Ok(reference)) => ("approved", Ok(reference)),
+                Ok(Err(declined @ ChargeError::Declined(_))) => ("declined", Err(declined)),
+                Ok(Err(transient @ ChargeError::Transient(_))) => ("transient", Err(transient)),
+                Err(_) => (
+                    "timeout",
+                    Err(ChargeError::Transient("provider_timeout".to_owned())),
+                ),
+            };
+            metrics::payments().attempt(outcome);
+            result
+        };
+        self.breaker
+            .call(call, ChargeError::is_transient)
+            .await
+            .map_err(|error| match error {
+                CallError::Failed(error) => error,
+                CallError::Open(_) => ChargeError::Transient(PROVIDER_UNAVAILABLE.to_owned()),
+            })
     }
 
     async fn settle_charge(
@@ -222,18 +237,16 @@ impl Payments {
                 )));
             }
         }
-        let refunded = tokio::time::timeout(
-            self.timeout,
-            self.provider.refund(&payment.provider_reference),
-        )
-        .await;
-        match refunded {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                return Err(Error::unavailable("payment provider", error.to_string()));
-            }
-            Err(_) => return Err(Error::unavailable("payment provider", "refund timed out")),
-        }
+        let call = async {
+            let refund = self.provider.refund(&payment.provider_reference);
+            tokio::time::timeout(self.timeout, refund)
+                .await
+                .unwrap_or_else(|_| Err(ChargeError::Transient("refund timed out".to_owned())))
+        };
+        self.breaker
+            .call(call, ChargeError::is_transient)
+            .await
+            .map_err(|error| Error::unavailable("payment provider", error.to_string()))?;
         let event = PaymentRefunded {
             payment_id: payment.id.clone(),
             order_id: payment.order_id.clone(),

@@ -23,6 +23,13 @@ pub enum ChargeError {
     Transient(String),
 }
 
+impl ChargeError {
+    /// Whether another attempt may go through: what counts against the provider's breaker.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+}
+
 pub trait PaymentProvider: Send + Sync {
     /// Charges `amount_minor` of `currency` to the card behind `token`; returns the provider's
     /// charge reference. The same `key` never charges twice.
