@@ -197,7 +197,7 @@ impl Service {
         tls: &ClientTls,
         jwt: &JwtArgs,
     ) -> Result<RemoteKeys, StartError> {
-        let keys = RemoteKeys::new(user_service_url, tls, &jwt.verifier_config())?;
+        let keys = RemoteKeys::new(self.name, user_service_url, tls, &jwt.verifier_config())?;
         let jwks = keys.jwks.clone();
         let stop = self.stopping();
         self.spawn(async move { jwks.refresh_every(RemoteKeys::REFRESH_EVERY, stop).await });

@@ -1,6 +1,8 @@
 //! The JWK Set on the wire (`shop.user.v1.Jwk`) and the client that keeps a verifier's keys in
 //! step with user-service: fetched at start, refreshed periodically and when a token names a
-//! `kid` it has not seen (a rotation), at most once per `min_interval`.
+//! `kid` it has not seen (a rotation), at most once per `min_interval`, through a circuit
+//! breaker so that while user-service is down a token with a new `kid` fails fast instead of
+//! queueing behind fetches that time out.
 
 use std::{
     sync::Arc,
@@ -17,7 +19,20 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::Verifier;
-use crate::{BoxFuture, config::ConfigError, tls::ClientTls};
+use crate::{
+    BoxFuture,
+    config::ConfigError,
+    resilience::{Breaker, BreakerSettings, is_outage},
+    tls::ClientTls,
+};
+
+/// The breakers around user-service's keys and service tokens. The open period stays short:
+/// tokens with a new key fail while it lasts, even after user-service is back.
+pub const USER_SERVICE_BREAKER: BreakerSettings = BreakerSettings {
+    failures: 5,
+    open_for: Duration::from_secs(5),
+    open_max: Duration::from_secs(30),
+};
 
 /// The RSA keys of `jwks` as the proto message carries them.
 pub fn to_proto(jwks: &JwkSet) -> Vec<pb::Jwk> {
@@ -71,12 +86,24 @@ pub struct JwksClient {
     verifier: Arc<Verifier>,
     min_interval: Duration,
     last_fetch: Mutex<Option<Instant>>,
+    breaker: Breaker,
 }
 
 impl JwksClient {
     /// `user_service_url` is like `http://user-service:50051`; nothing connects until the first
-    /// fetch, so start-up order does not matter.
+    /// fetch, so start-up order does not matter. Its breaker's metric names no service: a
+    /// service's own client comes from [`RemoteKeys::new`].
     pub fn new(
+        setting: &str,
+        user_service_url: &str,
+        tls: &ClientTls,
+        verifier: Arc<Verifier>,
+    ) -> Result<Self, ConfigError> {
+        Self::of_service("", setting, user_service_url, tls, verifier)
+    }
+
+    fn of_service(
+        service: &str,
         setting: &str,
         user_service_url: &str,
         tls: &ClientTls,
@@ -88,6 +115,7 @@ impl JwksClient {
             verifier,
             min_interval: Duration::from_secs(10),
             last_fetch: Mutex::new(None),
+            breaker: Breaker::new(service, "user_service_jwks", USER_SERVICE_BREAKER),
         })
     }
 
@@ -99,10 +127,10 @@ impl JwksClient {
 
     async fn fetch_locked(&self, last: &mut Option<Instant>) -> Result<usize, tonic::Status> {
         *last = Some(Instant::now());
+        let mut client = self.client.clone();
         let response = self
-            .client
-            .clone()
-            .get_jwks(pb::GetJwksRequest {})
+            .breaker
+            .call(client.get_jwks(pb::GetJwksRequest {}), is_outage)
             .await?
             .into_inner();
         let added = self.verifier.add_jwks(&from_proto(&response.keys));
@@ -139,15 +167,18 @@ impl RemoteKeys {
     /// How often the keys are fetched without a reason.
     pub const REFRESH_EVERY: Duration = Duration::from_secs(300);
 
-    /// `USER_SERVICE_URL` names the setting in errors. Nothing is fetched until
-    /// [`JwksClient::refresh_every`] runs or a token names an unknown key.
+    /// The keys of `service` (its breaker's metric label); `USER_SERVICE_URL` names the
+    /// setting in errors. Nothing is fetched until [`JwksClient::refresh_every`] runs or a
+    /// token names an unknown key.
     pub fn new(
+        service: &str,
         user_service_url: &str,
         tls: &ClientTls,
         config: &super::VerifierConfig,
     ) -> Result<Self, ConfigError> {
         let verifier = Arc::new(Verifier::new(config));
-        let jwks = Arc::new(JwksClient::new(
+        let jwks = Arc::new(JwksClient::of_service(
+            service,
             "USER_SERVICE_URL",
             user_service_url,
             tls,
@@ -174,5 +205,47 @@ impl KeySource for JwksClient {
                 tracing::warn!(%error, "jwks fetch for an unknown key id failed");
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn while_user_service_is_down_fetches_stop_reaching_it_after_a_few_failures()
+    -> anyhow::Result<()> {
+        let config = crate::config::JwtArgs::default().verifier_config();
+        // Nothing listens on port 1: each fetch that goes out is refused.
+        let keys = RemoteKeys::new(
+            "jwks-test",
+            "http://127.0.0.1:1",
+            &ClientTls::none(),
+            &config,
+        )?;
+        for _ in 0..USER_SERVICE_BREAKER.failures {
+            let refused = keys
+                .jwks
+                .fetch()
+                .await
+                .err()
+                .map(|s| s.message().to_owned());
+            assert!(
+                refused
+                    .as_deref()
+                    .is_some_and(|m| !m.contains("circuit breaker")),
+                "{refused:?}"
+            );
+        }
+        let status = keys.jwks.fetch().await.err();
+        assert_eq!(
+            status.as_ref().map(tonic::Status::code),
+            Some(tonic::Code::Unavailable)
+        );
+        assert_eq!(
+            status.as_ref().map(tonic::Status::message),
+            Some("circuit breaker open for user_service_jwks")
+        );
+        Ok(())
     }
 }
