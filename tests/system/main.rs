@@ -14,3 +14,4 @@ mod revocation;
 mod saga;
 mod server_kit;
 mod sessions;
+mod tls;

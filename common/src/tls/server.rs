@@ -197,21 +197,24 @@ async fn handshake<IO>(io: IO, tls: ServerTls) -> Option<TlsIo<IO>>
 where
     IO: AsyncRead + AsyncWrite + Connected<ConnectInfo = TcpConnectInfo> + Unpin,
 {
-    let peer = io.connect_info().remote_addr();
+    let peer = io
+        .connect_info()
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), |addr| addr.to_string());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.current());
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
         Ok(Ok(stream)) => Some(TlsIo { inner: stream }),
         Ok(Err(error)) if is_refusal(&error) => {
             // The caller's problem (no or a foreign certificate, plaintext), not the server's.
-            tracing::info!(?peer, %error, "tls handshake refused");
+            tracing::info!(%peer, %error, "tls handshake refused");
             None
         }
         Ok(Err(error)) => {
-            tracing::debug!(?peer, %error, "tls handshake failed");
+            tracing::debug!(%peer, %error, "tls handshake failed");
             None
         }
         Err(_) => {
-            tracing::debug!(?peer, "tls handshake timed out");
+            tracing::debug!(%peer, "tls handshake timed out");
             None
         }
     }
