@@ -1,6 +1,8 @@
 //! System tests: the whole shop running in-process (or as the real `shop` binary), exercised over
 //! real gRPC, grpc-web and HTTP on loopback.
 
+#[path = "../support/chart.rs"]
+mod chart;
 mod crash;
 mod deployment;
 mod dlq_cli;
