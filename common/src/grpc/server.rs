@@ -212,6 +212,7 @@ impl GrpcServer {
         let incoming = {
             let abort = abort.clone();
             TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
                 .map(move |io| io.map(|io| Abortable::new(io, abort.clone())))
         };
         let router = Server::builder()
