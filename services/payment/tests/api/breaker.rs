@@ -104,3 +104,32 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
     assert_eq!(app.health(LIVENESS).await?, ServingStatus::Serving);
     app.stop().await
 }
+
+#[tokio::test]
+async fn an_open_period_longer_than_its_maximum_is_refused_naming_the_setting() -> anyhow::Result<()>
+{
+    let dir = tempfile::tempdir()?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let database = format!("sqlite://{}", dir.path().join("payment.db").display());
+    let mut config = payment_service::Config::local(
+        listener.local_addr()?,
+        database,
+        "http://127.0.0.1:1".to_owned(),
+    );
+    config.provider_breaker_open_for = Duration::from_secs(30);
+    config.provider_breaker_open_max = Duration::from_secs(10);
+    let start = shop_common::service::Start::new(listener, Default::default());
+    let served = payment_service::serve_with(config, Arc::new(Switch::default()), start);
+    // Without the check it would start and serve until stopped.
+    let refused = tokio::time::timeout(Duration::from_secs(10), served)
+        .await?
+        .err()
+        .map(|e| e.to_string());
+    assert_eq!(
+        refused.as_deref(),
+        Some(
+            "invalid setting PAYMENT_PROVIDER_BREAKER_OPEN_MAX: must not be shorter than PAYMENT_PROVIDER_BREAKER_OPEN_FOR"
+        )
+    );
+    Ok(())
+}
