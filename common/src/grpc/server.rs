@@ -211,6 +211,8 @@ impl GrpcServer {
         let abort = CancellationToken::new();
         let incoming = {
             let abort = abort.clone();
+            // Without it the first answer on a new connection waits for the client's delayed
+            // ACK (about 40 ms).
             TcpIncoming::from(listener)
                 .with_nodelay(Some(true))
                 .map(move |io| io.map(|io| Abortable::new(io, abort.clone())))
