@@ -464,6 +464,11 @@ fn a_missing_garbled_or_mismatched_file_is_a_configuration_error_naming_its_sett
         "-----BEGIN CERTIFICATE-----\nnot base64 at all\n",
     )?;
     let empty = files.write("empty.pem", "")?;
+    // PEM, but not X.509 inside.
+    let junk = files.write(
+        "junk.pem",
+        "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGUgYXQgYWxs\n-----END CERTIFICATE-----\n",
+    )?;
     let other_key = files.write("other-key.pem", &other.key)?;
     let missing = files.path("missing.pem");
 
@@ -491,6 +496,22 @@ fn a_missing_garbled_or_mismatched_file_is_a_configuration_error_naming_its_sett
             },
             "GRPC_TLS_CERT_FILE",
             "no PEM certificate",
+        ),
+        (
+            ServerTlsArgs {
+                grpc_tls_cert_file: Some(junk.clone()),
+                ..good.clone()
+            },
+            "GRPC_TLS_CERT_FILE",
+            "not a usable certificate",
+        ),
+        (
+            ServerTlsArgs {
+                grpc_tls_client_ca_file: Some(junk.clone()),
+                ..good.clone()
+            },
+            "GRPC_TLS_CLIENT_CA_FILE",
+            "",
         ),
         (
             ServerTlsArgs {
@@ -532,6 +553,16 @@ fn a_missing_garbled_or_mismatched_file_is_a_configuration_error_naming_its_sett
     }
     assert!(good.load()?.is_some_and(|tls| tls.is_mutual()));
 
+    let client_leaf = ca.client()?;
+    let junk_client = ClientTlsArgs {
+        grpc_client_tls_ca_file: good.grpc_tls_client_ca_file.clone(),
+        grpc_client_tls_cert_file: Some(junk),
+        grpc_client_tls_key_file: Some(files.write("client-key.pem", &client_leaf.key)?),
+    };
+    assert_eq!(
+        refused_setting(junk_client.load()),
+        "GRPC_CLIENT_TLS_CERT_FILE"
+    );
     let missing_ca = ClientTlsArgs {
         grpc_client_tls_ca_file: Some(missing),
         ..ClientTlsArgs::default()

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 
 use super::{
     provider,
-    reload::{PemFile, Reloading},
+    reload::{PemFile, Reloading, pair_refused},
 };
 use crate::{
     BoxFuture,
@@ -123,7 +123,7 @@ fn client_config(
         None => builder.with_no_client_auth(),
         Some(((cert_file, cert), (key_file, key))) => builder
             .with_client_auth_cert(cert_file.certificates(cert)?, key_file.private_key(key)?)
-            .map_err(|e| key_file.refused(format!("does not fit the certificate: {e}")))?,
+            .map_err(|e| pair_refused(cert_file, key_file, &e))?,
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)

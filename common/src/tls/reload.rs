@@ -62,6 +62,17 @@ impl PemFile {
     }
 }
 
+/// rustls refused a certificate and key as a pair: blame the file at fault (a certificate it
+/// cannot use, such as an X.509 v1 one, or a key that is not the certificate's).
+pub(crate) fn pair_refused(cert: &PemFile, key: &PemFile, error: &rustls::Error) -> ConfigError {
+    match error {
+        rustls::Error::InvalidCertificate(_) => {
+            cert.refused(format!("not a usable certificate: {error}"))
+        }
+        _ => key.refused(format!("does not fit the certificate: {error}")),
+    }
+}
+
 type Build<T> = Box<dyn Fn(&[Vec<u8>]) -> Result<T, ConfigError> + Send + Sync>;
 
 /// `T` built from `files` by `build` (which gets their contents in the same order).

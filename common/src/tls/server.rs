@@ -20,7 +20,7 @@ use tracing::instrument::WithSubscriber as _;
 
 use super::{
     SERVER_ALPN, provider,
-    reload::{PemFile, Reloading},
+    reload::{PemFile, Reloading, pair_refused},
 };
 use crate::config::{ConfigError, ServerTlsArgs};
 
@@ -130,7 +130,7 @@ fn server_config(
     };
     let mut config = builder
         .with_single_cert(chain, key)
-        .map_err(|e| key_file.refused(format!("does not fit the certificate: {e}")))?;
+        .map_err(|e| pair_refused(cert_file, key_file, &e))?;
     config.alpn_protocols = SERVER_ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(config)
 }
