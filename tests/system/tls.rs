@@ -4,11 +4,7 @@
 //! product-service binary serves with mTLS, and grpcurl gets SERVING with the right client
 //! certificate and is refused without one or with another CA's).
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use anyhow::{Context as _, ensure};
 use rcgen::{
@@ -25,11 +21,14 @@ use shop_proto::{
     product::v1::{self as product_pb, product_service_client::ProductServiceClient},
     user::v1::{self as user_pb, user_service_client::UserServiceClient},
 };
-use tokio::{net::TcpListener as AsyncListener, process::Command};
+use tokio::{net::TcpListener, process::Command};
 use tokio_util::sync::CancellationToken;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::saga::{address, authed};
+use crate::{
+    chart::{binaries, free_port},
+    saga::{address, authed},
+};
 
 /// One CA; every port presents a certificate it signed for 127.0.0.1, and every channel one it
 /// signed as a client.
@@ -95,7 +94,7 @@ async fn with_mtls_on_every_port_and_channel_a_checkout_crosses_every_service() 
     let secret = Secret::new("order-secret-for-the-mtls-test");
     let (email, password) = ("mtls@example.com", "a long enough password");
 
-    let user = AsyncListener::bind("127.0.0.1:0").await?;
+    let user = TcpListener::bind("127.0.0.1:0").await?;
     let user_url = format!("https://{}", user.local_addr()?);
     let mut users = user_service::Config::local(user.local_addr()?, sqlite("user.db"));
     users.server_tls = pki.server.clone();
@@ -111,7 +110,7 @@ async fn with_mtls_on_every_port_and_channel_a_checkout_crosses_every_service() 
         Start::new(user, shutdown.clone()),
     ));
 
-    let product = AsyncListener::bind("127.0.0.1:0").await?;
+    let product = TcpListener::bind("127.0.0.1:0").await?;
     let product_url = format!("https://{}", product.local_addr()?);
     let mut products = product_service::Config::local(
         product.local_addr()?,
@@ -126,7 +125,7 @@ async fn with_mtls_on_every_port_and_channel_a_checkout_crosses_every_service() 
         Start::new(product, shutdown.clone()),
     ));
 
-    let order = AsyncListener::bind("127.0.0.1:0").await?;
+    let order = TcpListener::bind("127.0.0.1:0").await?;
     let order_url = format!("https://{}", order.local_addr()?);
     let mut orders = order_service::Config::local(
         order.local_addr()?,
@@ -231,16 +230,6 @@ async fn wait_until_serving(channel: TracedChannel) -> anyhow::Result<()> {
     }
 }
 
-/// The folder the service binaries were built into (next to this test's own).
-fn binaries() -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let folder = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("the test binary sits in target/<profile>/deps")?;
-    Ok(folder.to_owned())
-}
-
 #[tokio::test]
 async fn the_readme_mtls_example_answers_the_right_client_and_refuses_the_others()
 -> anyhow::Result<()> {
@@ -266,7 +255,7 @@ async fn the_readme_mtls_example_answers_the_right_client_and_refuses_the_others
         .trim()
         .trim_start_matches("```sh")
         .trim_end_matches("```");
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = free_port()?;
     let scratch = tempfile::tempdir()?;
     let path = std::env::join_paths(std::iter::once(bin).chain(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
