@@ -50,6 +50,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let telemetry =
         telemetry::init("shop", &cli.telemetry).unwrap_or_else(|e| exit_on_config_error(&e));
+    shop_common::allocator::return_freed_memory();
     let code = match cli.command {
         Command::Up(args) => run_up(&args, &telemetry).await,
         Command::Load(args) => match load::execute(&args).await {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use shop_common::{
-    config::{ConfigError, Secret, ShutdownArgs, bind},
+    config::{ConfigError, LimitArgs, Secret, ShutdownArgs, bind},
     events::{BusError, EventBus, InProcessBus, RabbitBus, Subscription},
     metrics,
     service::Start,
@@ -68,6 +68,11 @@ pub struct UpArgs {
     /// RabbitMQ URL for the events. Unset: an in-process bus with the same guarantees.
     #[arg(long, env = "SHOP_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
+    /// The gateway's requests in flight at once; past it, 503 with `Retry-After`.
+    #[arg(long, env = "SHOP_GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub gateway_max_in_flight: u32,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub shutdown: ShutdownArgs,
 }
@@ -91,6 +96,8 @@ impl UpArgs {
             signing_key_file: None,
             abandoned_checkout_after: std::time::Duration::from_secs(600),
             amqp_url: None,
+            gateway_max_in_flight: 1024,
+            limits: LimitArgs::default(),
             shutdown: ShutdownArgs::default(),
         }
     }
@@ -214,6 +221,7 @@ pub async fn start(
     let mut user_config =
         user_service::Config::local(endpoints.user, database_url(args, "user").await?);
     user_config.shutdown = timing.clone();
+    user_config.limits = args.limits.clone();
     user_config.allow_generated_key = false;
     user_config.signing_key_file = Some(match &args.signing_key_file {
         Some(path) => path.clone(),
@@ -250,6 +258,7 @@ pub async fn start(
         format!("http://{}", endpoints.user),
     );
     product_config.shutdown = timing.clone();
+    product_config.limits = args.limits.clone();
     product_config.seed_demo_catalogue = true;
     parts.spawn(part(
         dispatch(product_service::NAME)?,
@@ -264,6 +273,7 @@ pub async fn start(
         order_secret,
     );
     order_config.shutdown = timing.clone();
+    order_config.limits = args.limits.clone();
     order_config.abandoned_checkout_after = args.abandoned_checkout_after;
     parts.spawn(part(
         dispatch(order_service::NAME)?,
@@ -276,6 +286,7 @@ pub async fn start(
         format!("http://{}", endpoints.user),
     );
     payment_config.shutdown = timing.clone();
+    payment_config.limits = args.limits.clone();
     payment_config.simulator_ledger = Some(args.data_dir.join("simulator.ledger"));
     parts.spawn(part(
         dispatch(payment_service::NAME)?,
@@ -292,6 +303,7 @@ pub async fn start(
         ],
     );
     gateway_config.kong_config.clone_from(&args.kong_config);
+    gateway_config.max_in_flight = args.gateway_max_in_flight;
     parts.spawn(part(
         dispatch(gateway::NAME)?,
         gateway::NAME,

@@ -116,6 +116,24 @@ pub fn secret_or_default(
     )
 }
 
+/// How much a gRPC server takes on at once, shared by every service binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Calls a gRPC server runs at once; the next one is answered RESOURCE_EXHAUSTED with
+    /// `retry-after: 1` at once (health and reflection never are), so overload costs callers a
+    /// fast refusal instead of a queue that grows until they time out.
+    #[arg(long, env = "GRPC_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub grpc_max_in_flight: u32,
+}
+
+impl Default for LimitArgs {
+    fn default() -> Self {
+        Self {
+            grpc_max_in_flight: 512,
+        }
+    }
+}
+
 /// Shutdown behaviour of a server, shared by every service binary.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ShutdownArgs {

@@ -1,6 +1,7 @@
 //! What every shop service shares: configuration, telemetry, the gRPC server kit, the start-up
 //! path, metrics, shutdown signalling, storage, events, resilience and the error convention.
 
+pub mod allocator;
 pub mod auth;
 pub mod client;
 pub mod clock;

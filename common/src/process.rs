@@ -124,6 +124,7 @@ where
         Ok(telemetry) => telemetry,
         Err(error) => exit_on_config_error(&error),
     };
+    crate::allocator::return_freed_memory();
     let result = task.await;
     telemetry.shutdown().await;
     exit_code(name, result)

@@ -18,8 +18,8 @@ use super::{
 /// Every load account shares this password; they are test accounts on a loopback system.
 const PASSWORD: &str = "load generator password";
 /// How long one account may keep being refused (rate limits, a busy hasher) before the set-up
-/// gives up: the gateway allows 30 sign-ins a minute per client, so 20 new accounts (a failed
-/// login, a registration and a login each) take about two minutes.
+/// gives up: the gateway allows 30 sign-ins a minute per client, so 20 accounts (a registration
+/// and a login each) take over a minute.
 const SIGN_IN_BUDGET: Duration = Duration::from_secs(180);
 /// Waits of this or more are said on stderr, so a slow set-up is not a mystery.
 const NOTABLE_WAIT: Duration = Duration::from_secs(2);
@@ -41,8 +41,8 @@ pub(crate) struct Accounts {
     accounts: Vec<Account>,
 }
 
-/// `load-0007@load.shop.local`: the same names every run, so a second run logs in instead of
-/// registering again.
+/// `load-0007@load.shop.local`: the same names every run, so a second run signs in to the
+/// accounts of the first.
 fn email(index: usize) -> String {
     format!("load-{index:04}@load.shop.local")
 }
@@ -63,8 +63,10 @@ fn tokens_of(reply: Reply, obtained: Instant) -> Result<Tokens, Failure> {
     })
 }
 
-/// Logs in; an unknown account is registered, then logged in. Logging in first makes a repeated
-/// run cost one call per account. A refusal to retry (a rate limit's 429, the hasher's
+/// Registers the account (one that exists already answers ALREADY_EXISTS: fine), then logs in.
+/// Registering first keeps the user-service's failed sign-in throttle out of the set-up: a login
+/// to an account that does not exist yet counts as a failed sign-in of this client, and twenty of
+/// them lock the generator out for minutes. A refusal to retry (a rate limit's 429, the hasher's
 /// RESOURCE_EXHAUSTED) is retried after the wait the server names, within [`SIGN_IN_BUDGET`].
 async fn sign_in<D: Driver>(
     driver: &D,
@@ -77,35 +79,36 @@ async fn sign_in<D: Driver>(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let call = Call::Login {
-            email,
-            password: PASSWORD,
-        };
-        let failure = match within(timeout, driver.call(call)).await {
-            Ok(reply) => match tokens_of(reply, Instant::now()) {
-                Ok(tokens) => return Ok(tokens),
-                Err(failure) => failure,
-            },
-            Err(failure) if failure.is_unauthenticated() && !registered => {
-                let register = Call::Register {
-                    email,
-                    password: PASSWORD,
-                    display_name: "Load Generator",
-                };
-                match within(timeout, driver.call(register)).await {
-                    // Registered, or by an earlier run (with another password, the login says).
-                    Ok(_) => {
-                        registered = true;
-                        continue;
-                    }
-                    Err(failure) if failure.is_conflict() => {
-                        registered = true;
-                        continue;
-                    }
+        let failure = if registered {
+            let call = Call::Login {
+                email,
+                password: PASSWORD,
+            };
+            match within(timeout, driver.call(call)).await {
+                Ok(reply) => match tokens_of(reply, Instant::now()) {
+                    Ok(tokens) => return Ok(tokens),
                     Err(failure) => failure,
-                }
+                },
+                Err(failure) => failure,
             }
-            Err(failure) => failure,
+        } else {
+            let register = Call::Register {
+                email,
+                password: PASSWORD,
+                display_name: "Load Generator",
+            };
+            match within(timeout, driver.call(register)).await {
+                // Registered now, or by an earlier run (with another password, the login says).
+                Ok(_) => {
+                    registered = true;
+                    continue;
+                }
+                Err(failure) if failure.is_conflict() => {
+                    registered = true;
+                    continue;
+                }
+                Err(failure) => failure,
+            }
         };
         if !failure.is_retryable() {
             return Err(failure);

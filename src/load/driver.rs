@@ -144,18 +144,6 @@ impl Failure {
         }
     }
 
-    /// Unknown account or wrong password (or an expired token).
-    pub(crate) fn is_unauthenticated(&self) -> bool {
-        matches!(self, Self::Http { status: 401, .. })
-            || matches!(
-                self,
-                Self::Grpc {
-                    code: tonic::Code::Unauthenticated,
-                    ..
-                }
-            )
-    }
-
     /// The account exists already.
     pub(crate) fn is_conflict(&self) -> bool {
         matches!(self, Self::Http { status: 409, .. })

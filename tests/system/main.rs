@@ -10,6 +10,7 @@ mod gateway;
 mod helpers;
 mod load;
 mod observability;
+mod overload;
 mod process;
 mod readiness;
 mod revocation;

@@ -21,12 +21,13 @@ use tokio_stream::StreamExt as _;
 use tracing::instrument::WithSubscriber as _;
 
 use super::{
-    Readiness, RedMetricsLayer, RequestContextLayer, UndecodableLayer, abortable::Abortable,
+    Readiness, RedMetricsLayer, RequestContextLayer, ShedLayer, UndecodableLayer,
+    abortable::Abortable,
 };
 use crate::{
     BoxFuture,
     auth::AuthLayer,
-    config::ShutdownArgs,
+    config::{LimitArgs, ShutdownArgs},
     telemetry::DispatchLayer,
     tls::{ServerTls, TlsIncoming},
 };
@@ -59,6 +60,7 @@ pub struct GrpcServer {
     readiness: Readiness,
     auth: Option<AuthLayer>,
     tls: Option<ServerTls>,
+    limits: LimitArgs,
     shutdown: ShutdownArgs,
 }
 
@@ -81,6 +83,7 @@ impl GrpcServer {
             readiness: Readiness::default(),
             auth: None,
             tls: None,
+            limits: LimitArgs::default(),
             shutdown,
         }
     }
@@ -121,6 +124,12 @@ impl GrpcServer {
         self
     }
 
+    /// How many calls it runs at once; past that, calls are shed (see [`ShedLayer`]).
+    pub fn with_limits(mut self, limits: LimitArgs) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// The health reporter, for parts that later go NOT_SERVING (an open circuit breaker).
     pub fn health(&self) -> HealthReporter {
         self.health.clone()
@@ -143,6 +152,7 @@ impl GrpcServer {
             readiness,
             auth,
             tls,
+            limits,
             shutdown: timing,
         } = self;
         let health_names: Vec<&str> = std::iter::once("")
@@ -165,6 +175,10 @@ impl GrpcServer {
             .layer(RequestContextLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RedMetricsLayer::new(known))
+            // Shed before the token is verified: a refusal must cost next to nothing.
+            .layer(ShedLayer::new(
+                usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX),
+            ))
             .option_layer(auth)
             .layer(UndecodableLayer);
 

@@ -34,6 +34,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
     pub max_body_bytes: usize,
 
+    /// Requests the gateway works on at once; the next one is answered 503 with
+    /// `Retry-After: 1` at once, so overload costs clients a fast refusal instead of a queue
+    /// that grows until they time out (and memory with it).
+    #[arg(long, env = "GATEWAY_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_in_flight: u32,
+
     #[command(flatten)]
     pub jwt: JwtArgs,
 
@@ -61,6 +67,7 @@ impl Config {
                 .join(","),
             user_service_url,
             max_body_bytes: 1024 * 1024,
+            max_in_flight: 1024,
             jwt: JwtArgs::default(),
             client_tls: ClientTlsArgs::default(),
         }

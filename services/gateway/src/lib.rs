@@ -71,6 +71,9 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         correlation: kong.global("correlation-id").map(Correlation::from_plugin),
         cors: kong.global("cors").map(Cors::from_plugin),
         max_body_bytes: config.max_body_bytes,
+        in_flight: tokio::sync::Semaphore::new(
+            usize::try_from(config.max_in_flight).unwrap_or(usize::MAX),
+        ),
         metrics: prometheus.then(KongMetrics::registered),
         routes,
         channels,

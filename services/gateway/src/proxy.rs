@@ -34,6 +34,8 @@ pub(crate) struct Proxy {
     pub(crate) correlation: Option<Correlation>,
     pub(crate) cors: Option<Cors>,
     pub(crate) max_body_bytes: usize,
+    /// One permit per request being worked on (`GATEWAY_MAX_IN_FLIGHT`).
+    pub(crate) in_flight: tokio::sync::Semaphore,
     /// Kong's request metrics, while the `prometheus` plugin is on.
     pub(crate) metrics: Option<KongMetrics>,
 }
@@ -96,6 +98,16 @@ async fn route_and_call(
     request: Request,
     request_id: Option<&str>,
 ) -> (Response, String, String) {
+    // Shed first: a refusal must cost next to nothing, and no token is verified for it.
+    let Ok(_permit) = proxy.in_flight.try_acquire() else {
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the gateway is at its limit of requests in flight; retry after the time in Retry-After",
+        );
+        error.retry_after = Some("1".to_owned());
+        return (error.into_response(), String::new(), "shed".to_owned());
+    };
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     if let Some(cors) = &proxy.cors

@@ -118,6 +118,19 @@ pub(crate) async fn call(
             )
             .into_response(),
         },
-        Err(status) => ApiError::from_status(&status).into_response(),
+        Err(status) => {
+            ApiError::from_status(&unanswered(status, &target.upstream.name)).into_response()
+        }
     }
+}
+
+/// A status the channel made itself, because the upstream never answered (the call's time-out
+/// ran out, the connection failed), rather than one the upstream sent: for the client the
+/// upstream is unavailable, so 503 with `Retry-After`, not the 499 or 500 tonic's codes for
+/// those (CANCELLED, UNKNOWN) would map to. Only such statuses carry the error behind them.
+fn unanswered(status: tonic::Status, upstream: &str) -> tonic::Status {
+    if std::error::Error::source(&status).is_none() || status.code() == Code::Unavailable {
+        return status;
+    }
+    tonic::Status::unavailable(format!("{upstream} did not answer: {}", status.message()))
 }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, LimitArgs, Secret, ServerTlsArgs, ShutdownArgs,
     secret_or_default, value_or_file,
 };
 
@@ -72,6 +72,9 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
     pub server_tls: ServerTlsArgs,
 
     #[command(flatten)]
@@ -111,6 +114,7 @@ impl Config {
             abandoned_checkout_after: Duration::from_secs(600),
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            limits: LimitArgs::default(),
             server_tls: ServerTlsArgs::default(),
             client_tls: ClientTlsArgs::default(),
         }

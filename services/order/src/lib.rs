@@ -83,6 +83,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     ));
     let server = service
         .grpc(config.shutdown.clone())
+        .with_limits(config.limits.clone())
         .with_tls(server_tls)
         .add_service(OrderServiceServer::new(OrderApi { orders }))
         .with_auth(

@@ -103,6 +103,41 @@ fn reservation_error(status: &Status) -> Error {
                 status.to_string(),
             )
         }
+        // Shed by product-service: the caller may come back when it says, with the same key.
+        Code::ResourceExhausted => {
+            let seconds = status
+                .metadata()
+                .get(shop_common::error::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            Error::exhausted(
+                "product-service is busy; retry with the same idempotency_key after the time in retry-after",
+                std::time::Duration::from_secs(seconds),
+            )
+        }
         _ => Error::internal(format!("product-service refused a reservation: {status}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_busy_product_service_makes_the_checkout_busy_too_not_an_internal_error() {
+        let mut shed = Status::resource_exhausted("at its limit");
+        shed.metadata_mut().insert(
+            shop_common::error::RETRY_AFTER,
+            tonic::metadata::MetadataValue::from_static("3"),
+        );
+        let status = Status::from(reservation_error(&shed));
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert_eq!(
+            status
+                .metadata()
+                .get(shop_common::error::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
     }
 }

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, LimitArgs, Secret, ServerTlsArgs, ShutdownArgs,
     secret_or_default,
 };
 use shop_common::resilience::{BreakerSettings, Retry};
@@ -82,6 +82,9 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
     pub server_tls: ServerTlsArgs,
 
     #[command(flatten)]
@@ -153,6 +156,7 @@ impl Config {
             simulator_ledger: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            limits: LimitArgs::default(),
             server_tls: ServerTlsArgs::default(),
             client_tls: ClientTlsArgs::default(),
         }

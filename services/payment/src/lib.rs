@@ -84,6 +84,7 @@ pub async fn serve_with(
         .await?;
     let server = service
         .grpc(config.shutdown.clone())
+        .with_limits(config.limits.clone())
         .with_tls(server_tls)
         .add_service(PaymentServiceServer::new(PaymentApi { payments }))
         .with_auth(

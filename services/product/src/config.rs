@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use shop_common::config::{
-    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    ClientTlsArgs, ConfigError, EventArgs, JwtArgs, LimitArgs, Secret, ServerTlsArgs, ShutdownArgs,
     secret_or_default,
 };
 
@@ -48,6 +48,9 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
     pub server_tls: ServerTlsArgs,
 
     #[command(flatten)]
@@ -76,6 +79,7 @@ impl Config {
             seed_demo_catalogue: false,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            limits: LimitArgs::default(),
             server_tls: ServerTlsArgs::default(),
             client_tls: ClientTlsArgs::default(),
         }

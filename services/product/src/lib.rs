@@ -53,6 +53,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
         .await?;
     let server = service
         .grpc(config.shutdown.clone())
+        .with_limits(config.limits.clone())
         .with_tls(server_tls)
         .add_service(ProductServiceServer::new(ProductApi { catalogue }))
         .with_auth(

@@ -4,8 +4,8 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
-    ConfigError, EventArgs, JwtArgs, Secret, ServerTlsArgs, ShutdownArgs, secret_or_default,
-    value_or_file,
+    ConfigError, EventArgs, JwtArgs, LimitArgs, Secret, ServerTlsArgs, ShutdownArgs,
+    secret_or_default, value_or_file,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -87,6 +87,9 @@ pub struct Config {
     pub shutdown: ShutdownArgs,
 
     #[command(flatten)]
+    pub limits: LimitArgs,
+
+    #[command(flatten)]
     pub server_tls: ServerTlsArgs,
 
     /// Accounts created at start-up if missing, besides the bootstrap admin (`shop up`'s demo
@@ -136,6 +139,7 @@ impl Config {
             bootstrap_admin_password_file: None,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
+            limits: LimitArgs::default(),
             server_tls: ServerTlsArgs::default(),
             seed_users: Vec::new(),
         }

@@ -83,6 +83,7 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let api = UserApi { accounts };
     let server = service
         .grpc(config.shutdown.clone())
+        .with_limits(config.limits.clone())
         .with_tls(server_tls)
         .add_service(UserServiceServer::new(api))
         .with_auth(AuthLayer::new(verifier, api::policy()).with_revocations(revocations));
