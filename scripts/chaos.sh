@@ -10,12 +10,14 @@
 # Kinds: kill-9, pg-terminate-backend, database-cut, database-slow, broker-connections-closed,
 # broker-cut, broker-slow, broker-restart (stops and starts the machine's RabbitMQ application:
 # run it where nothing else uses the broker). The report is also written to target/chaos-report.json.
+# The debug build, as `cargo test` makes it: the suite checks guarantees, not speed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 export AMQP_URL="${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}"
-export PATH="$(bash scripts/install-tools.sh --print-bin):$PATH"
+TOOLS="$(bash scripts/install-tools.sh --print-bin)"
+export PATH="$TOOLS:$PATH"
 export CHAOS_ORDERS="${CHAOS_ORDERS:-5000}"
 export CHAOS_SHOPPERS="${CHAOS_SHOPPERS:-32}"
 export CHAOS_FAULT_EVERY="${CHAOS_FAULT_EVERY:-2s}"
@@ -24,5 +26,7 @@ export CHAOS_REPORT="${CHAOS_REPORT:-$PWD/target/chaos-report.json}"
 export RUST_LOG="${RUST_LOG:-warn}"
 
 command -v helm >/dev/null || bash scripts/install-tools.sh
-cargo test --release --locked --test chaos -- --nocapture
+# The suite starts the service binaries the chart runs: build them all first.
+cargo build --locked --workspace --bins
+cargo test --locked --test chaos -- --nocapture
 echo "report: $CHAOS_REPORT"
