@@ -177,6 +177,7 @@ impl GrpcServer {
             .layer(RedMetricsLayer::new(known))
             // Shed before the token is verified: a refusal must cost next to nothing.
             .layer(ShedLayer::new(
+                &name,
                 usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX),
             ))
             .option_layer(auth)

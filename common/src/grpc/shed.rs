@@ -17,7 +17,20 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::error::RETRY_AFTER;
+use crate::{error::RETRY_AFTER, metrics};
+
+/// Shed calls per server: the failure-ratio alert leaves RESOURCE_EXHAUSTED out (a throttled
+/// sign-in is the caller's doing), so shedding, which is the server's, is counted here.
+fn shed_total() -> &'static prometheus::IntCounterVec {
+    static SHED: std::sync::OnceLock<prometheus::IntCounterVec> = std::sync::OnceLock::new();
+    SHED.get_or_init(|| {
+        metrics::counter_vec(
+            "grpc_server_shed_total",
+            "Calls refused at once because the server was at its in-flight limit (GRPC_MAX_IN_FLIGHT)",
+            &["service"],
+        )
+    })
+}
 
 const NEVER_SHED: [&str; 3] = [
     "/grpc.health.v1.Health/",
@@ -29,14 +42,16 @@ const NEVER_SHED: [&str; 3] = [
 pub struct ShedLayer {
     permits: Arc<Semaphore>,
     limit: usize,
+    shed: prometheus::IntCounter,
 }
 
 impl ShedLayer {
-    /// At most `limit` calls in flight at once.
-    pub fn new(limit: usize) -> Self {
+    /// At most `limit` calls in flight at once in `service` (the metric's label).
+    pub fn new(service: &str, limit: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
+            shed: shed_total().with_label_values(&[service]),
         }
     }
 }
@@ -91,6 +106,7 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = self.layer.permits.clone().try_acquire_owned() else {
+            self.layer.shed.inc();
             let response = shed(self.layer.limit).into_http();
             return Box::pin(std::future::ready(Ok(response)));
         };
@@ -132,7 +148,8 @@ mod tests {
                 }
             })
         };
-        let mut service = ShedLayer::new(2).layer(handler);
+        let shed_before = shed_total().with_label_values(&["shed-test"]).get();
+        let mut service = ShedLayer::new("shed-test", 2).layer(handler);
         let first = service.call(call_to(GET_PRODUCT));
         let second = service.call(call_to(GET_PRODUCT));
 
@@ -150,6 +167,10 @@ mod tests {
         assert_eq!(
             third.and_then(|(_, headers)| headers.get(RETRY_AFTER)?.to_str().ok()),
             Some("1")
+        );
+        assert_eq!(
+            shed_total().with_label_values(&["shed-test"]).get(),
+            shed_before + 1
         );
         let mut health = service.call(call_to("/grpc.health.v1.Health/Check"));
         assert!(
