@@ -308,6 +308,11 @@ pub struct JwtArgs {
     /// Clock skew tolerated when checking `exp`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// How many verified tokens each verifier remembers until they expire, so a client's next
+    /// call skips the RSA verification; 0 verifies every call.
+    #[arg(long, env = "JWT_VERIFIED_CACHE_SIZE", default_value_t = 10_000)]
+    pub jwt_verified_cache_size: usize,
 }
 
 impl Default for JwtArgs {
@@ -316,6 +321,7 @@ impl Default for JwtArgs {
             jwt_issuer: "shop-mesh".to_owned(),
             jwt_audience: "shop-api".to_owned(),
             jwt_leeway: Duration::from_secs(30),
+            jwt_verified_cache_size: 10_000,
         }
     }
 }
@@ -326,6 +332,7 @@ impl JwtArgs {
             issuer: self.jwt_issuer.clone(),
             audience: self.jwt_audience.clone(),
             leeway_seconds: self.jwt_leeway.as_secs(),
+            cache_size: self.jwt_verified_cache_size,
         }
     }
 }

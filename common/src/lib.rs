@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod auth;
+pub mod cache;
 pub mod client;
 pub mod clock;
 pub mod config;

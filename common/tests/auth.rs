@@ -153,6 +153,7 @@ async fn fixture_with(
         issuer: ISSUER.to_owned(),
         audience: AUDIENCE.to_owned(),
         leeway_seconds: 30,
+        cache_size: 100,
     }));
     verifier.add_pem("old", &old.public)?;
     let policy = Policy::new([

@@ -179,3 +179,37 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{
+        Revocation,
+        verifier::testing::{claims, keys, now, sign, verifier},
+    };
+
+    #[tokio::test]
+    async fn a_revoked_sessions_token_is_refused_even_when_its_verification_is_cached() {
+        let verifier = Arc::new(verifier(100, 30));
+        let [key, _] = keys();
+        verifier.add_pem("k1", &key.public).expect("a public key");
+        let revocations = Arc::new(RevocationList::default());
+        let layer = AuthLayer::new(verifier.clone(), Policy::default())
+            .with_revocations(revocations.clone());
+        let token = sign(key, "k1", &claims("u1", now() + 900));
+        assert!(layer.verify(&token).await.is_ok());
+        assert_eq!(verifier.cached(), 1);
+        let at_ms = i64::try_from(now() * 1000).unwrap_or(i64::MAX);
+        revocations.insert(&Revocation {
+            user_id: "u1".to_owned(),
+            not_before_ms: at_ms,
+            forget_after_ms: at_ms + 900_000,
+        });
+        assert_eq!(layer.verify(&token).await, Err(AuthError::Revoked));
+        assert_eq!(
+            verifier.cached(),
+            1,
+            "refused by the list, not for want of a cache entry"
+        );
+    }
+}
