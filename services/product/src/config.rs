@@ -1,6 +1,6 @@
 //! Settings of the product service, from flags or the environment.
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use shop_common::config::{
     ClientTlsArgs, ConfigError, EventArgs, JwtArgs, LimitArgs, Secret, ServerTlsArgs, ShutdownArgs,
@@ -36,6 +36,16 @@ pub struct Config {
     /// Fill an empty catalogue with demo products at start (local runs).
     #[arg(long, env = "PRODUCT_SEED_DEMO_CATALOGUE", default_value_t = false)]
     pub seed_demo_catalogue: bool,
+
+    /// How long a product or a listing page read from the store is answered from memory. A
+    /// change made through this replica shows at once, one made through another after this at
+    /// most; 0 reads the store every time.
+    #[arg(long, env = "PRODUCT_READ_CACHE_TTL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub read_cache_ttl: Duration,
+
+    /// How many products, and how many listing pages, the read cache keeps at most.
+    #[arg(long, env = "PRODUCT_READ_CACHE_SIZE", default_value_t = 10_000)]
+    pub read_cache_size: usize,
 
     // Cancelled orders arrive as events: without RabbitMQ at `AMQP_URL` their stock stays held.
     #[command(flatten)]
@@ -77,6 +87,8 @@ impl Config {
             events: EventArgs::default(),
             user_service_url,
             seed_demo_catalogue: false,
+            read_cache_ttl: Duration::from_secs(1),
+            read_cache_size: 10_000,
             jwt: JwtArgs::default(),
             shutdown: ShutdownArgs::default(),
             limits: LimitArgs::default(),

@@ -23,7 +23,7 @@ use shop_proto::product::v1::product_service_server::ProductServiceServer;
 
 use crate::{
     api::ProductApi,
-    catalogue::Catalogue,
+    catalogue::{Catalogue, ReadCache},
     store::{MongoStore, ProductStore, SqlStore},
 };
 
@@ -36,7 +36,13 @@ pub async fn serve(config: Config, start: Start) -> Result<(), StartError> {
     let client_tls = config.client_tls.load()?;
     let mut service = Service::start(NAME, start, &config.events).await?;
     let (store, revoked) = open_store(&mut service, config.database_url()?.expose()).await?;
-    let catalogue = Arc::new(Catalogue { store });
+    let catalogue = Arc::new(Catalogue::new(
+        store,
+        ReadCache {
+            ttl: config.read_cache_ttl,
+            size: config.read_cache_size,
+        },
+    ));
     if config.seed_demo_catalogue {
         catalogue
             .seed_demo()

@@ -105,7 +105,10 @@ async fn start_products(
 )> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let config = Config::local(addr, catalogue.to_owned(), user_url.to_owned());
+    let mut config = Config::local(addr, catalogue.to_owned(), user_url.to_owned());
+    // A read cache that never expires in a test: a read after a change shows the change only
+    // if the change dropped what the cache held, so every such read in the suite checks that.
+    config.read_cache_ttl = Duration::from_secs(3600);
     let task = tokio::spawn(async move {
         let bus: Arc<dyn EventBus> = bus;
         let start = Start::new(listener, stop).with_bus(bus);

@@ -47,4 +47,5 @@ on_every_backend!(
     a_reservation_takes_every_item_or_none_and_release_gives_it_back,
     a_cancelled_order_releases_its_stock,
     a_revoked_session_is_refused_and_stays_refused_after_a_restart,
+    a_change_shows_in_the_next_read_of_the_product_and_of_its_listings,
 );

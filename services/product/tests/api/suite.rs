@@ -664,3 +664,134 @@ pub(crate) async fn a_revoked_session_is_refused_and_stays_refused_after_a_resta
     assert_eq!(code, Code::Unauthenticated, "{message}");
     shop.stop().await
 }
+
+/// The read cache (which never expires in these tests, see `helpers`): whatever changes a
+/// product, through the API or an event, shows in the very next read of it and of every listing
+/// it is or was on.
+pub(crate) async fn a_change_shows_in_the_next_read_of_the_product_and_of_its_listings(
+    backend: Backend,
+) -> anyhow::Result<()> {
+    let Some(shop) = Shop::start(backend).await? else {
+        return Ok(());
+    };
+    let listed = |category: &str, query: &str| {
+        let request = pb::ListProductsRequest {
+            category: category.to_owned(),
+            query: query.to_owned(),
+            ..Default::default()
+        };
+        let shop = &shop;
+        async move {
+            let found = walk(shop, request).await?;
+            let mut found: Vec<(String, i32)> =
+                found.into_iter().map(|p| (p.sku, p.stock)).collect();
+            found.sort();
+            anyhow::Ok(found)
+        }
+    };
+    let stock = |id: String| {
+        let shop = &shop;
+        async move { anyhow::Ok(shop.get(&id).await?.stock) }
+    };
+    let lamp = shop.create(product("LAMP-1", "home", 4500, 5)).await?;
+    let id = lamp.product_id.clone();
+    let at = |stock: i32| vec![("LAMP-1".to_owned(), stock)];
+
+    // Read once, so the cache holds the product and these listings.
+    assert_eq!(shop.get(&id).await?, lamp);
+    assert_eq!(listed("home", "").await?, at(5));
+    assert_eq!(listed("office", "").await?, []);
+    assert_eq!(listed("", "desk").await?, []);
+
+    let moved = pb::Product {
+        product_id: id.clone(),
+        version: lamp.version,
+        name: "Desk Lamp".to_owned(),
+        category: "office".to_owned(),
+        ..pb::Product::default()
+    };
+    shop.client()
+        .update_product(bearer(update(moved, &["name", "category"]), &shop.admin))
+        .await?;
+    let read = shop.get(&id).await?;
+    assert_eq!(
+        (read.name.as_str(), read.category.as_str(), read.version),
+        ("Desk Lamp", "office", 2)
+    );
+    assert_eq!(listed("home", "").await?, [], "moved out of home");
+    assert_eq!(listed("office", "").await?, at(5), "moved into office");
+    assert_eq!(listed("", "desk").await?, at(5), "found by its new name");
+
+    let order = new_id();
+    shop.reserve(&order, &[(&id, 2)]).await?;
+    assert_eq!(stock(id.clone()).await?, 3, "a reservation shows at once");
+    assert_eq!(listed("office", "").await?, at(3));
+    let released = shop
+        .client()
+        .release_stock(bearer(
+            pb::ReleaseStockRequest {
+                order_id: order.clone(),
+            },
+            &shop.service,
+        ))
+        .await?
+        .into_inner()
+        .released;
+    assert!(released);
+    assert_eq!(stock(id.clone()).await?, 5, "a release shows at once");
+    assert_eq!(listed("office", "").await?, at(5));
+
+    let cancelled = new_id();
+    shop.reserve(&cancelled, &[(&id, 4)]).await?;
+    assert_eq!(stock(id.clone()).await?, 1);
+    shop.bus
+        .publish(&Envelope::new(
+            "order-service",
+            &OrderCancelled {
+                order_id: cancelled,
+                ..Default::default()
+            },
+        ))
+        .await?;
+    let mut seen = 1;
+    for _ in 0..100 {
+        seen = stock(id.clone()).await?;
+        if seen == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        seen, 5,
+        "a release by the order.cancelled consumer shows too"
+    );
+    assert_eq!(listed("office", "").await?, at(5));
+
+    let second = shop.create(product("LAMP-2", "office", 3000, 2)).await?;
+    assert_eq!(
+        listed("office", "").await?,
+        [("LAMP-1".to_owned(), 5), ("LAMP-2".to_owned(), 2)],
+        "a new product shows in a listing read before"
+    );
+    shop.client()
+        .delete_product(bearer(
+            pb::DeleteProductRequest {
+                product_id: second.product_id.clone(),
+            },
+            &shop.admin,
+        ))
+        .await?;
+    let gone = shop
+        .client()
+        .get_product(pb::GetProductRequest {
+            product_id: second.product_id.clone(),
+        })
+        .await;
+    assert_eq!(status(gone).0, Code::NotFound, "a deleted product is gone");
+    assert_eq!(
+        listed("office", "").await?,
+        at(5),
+        "a deleted product leaves its listings"
+    );
+    shop.stop().await
+}
