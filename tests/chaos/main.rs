@@ -8,7 +8,7 @@
 //!
 //! Settings (environment): `CHAOS_ORDERS` (orders to get accepted, default 1000),
 //! `CHAOS_SHOPPERS` (concurrent customers, 16), `CHAOS_FAULT_EVERY` (3s), `CHAOS_FAULTS`
-//! (comma-separated kinds, default all), `CHAOS_LIMIT` (the whole run, 9m), `CHAOS_REPORT`
+//! (comma-separated kinds, default all), `CHAOS_LIMIT` (the whole run, 15m), `CHAOS_REPORT`
 //! (a JSON report file).
 
 #[path = "../support/chart.rs"]
@@ -59,7 +59,7 @@ impl Settings {
                 .context("CHAOS_SHOPPERS: not a count")?,
             every: duration("CHAOS_FAULT_EVERY", "3s")?,
             kinds: Kind::chosen(var("CHAOS_FAULTS").as_deref())?,
-            limit: duration("CHAOS_LIMIT", "9m")?,
+            limit: duration("CHAOS_LIMIT", "15m")?,
             report: var("CHAOS_REPORT").map(PathBuf::from),
         })
     }
@@ -214,7 +214,8 @@ async fn run(server: &str, amqp: &str, settings: Settings) -> anyhow::Result<Rep
                 .await?;
         }
     }
-    let unsettled = invariants::settle(&stores, Duration::from_secs(120)).await?;
+    let unsettled =
+        invariants::settle(&stores, Duration::from_secs(60), Duration::from_secs(360)).await?;
     let checks = invariants::check(&stores, &initial_stock, &ledger, &broker_url).await?;
     let report = Report::new(
         &settings.kinds,
@@ -227,6 +228,18 @@ async fn run(server: &str, amqp: &str, settings: Settings) -> anyhow::Result<Rep
     if let Some(path) = &settings.report {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
-    targets.deployment.lock().await.stop().await;
+    let mut deployment = targets.deployment.lock().await;
+    deployment.stop().await;
+    if !report.all_hold() {
+        // The services' logs outlive the run's scratch folder, for the post-mortem.
+        let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("chaos-logs-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&kept)?;
+        for entry in std::fs::read_dir(&deployment.logs)? {
+            let entry = entry?;
+            std::fs::copy(entry.path(), kept.join(entry.file_name()))?;
+        }
+        println!("the services' logs: {}", kept.display());
+    }
     Ok(report)
 }
