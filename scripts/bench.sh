@@ -459,11 +459,14 @@ journey() { # users, port offset
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
         forget "$perf_pid"
-        perf report -i "$RUN/perf.data" --no-children --sort dso,symbol --stdio -g none \
-            --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep '%' | sed 's/[[:space:]]*$//' \
-            >"$RUN/perf-journey.txt" || true
+        for sort in comm dso,symbol; do
+            perf report -i "$RUN/perf.data" --no-children --sort "$sort" --stdio -g none \
+                --percent-limit 0.3 2>/dev/null | grep -v '^#' | grep '%' \
+                | sed -E 's/[[:space:]]+$//; s/[[:space:]]+-[[:space:]]+-$//'
+        done >"$RUN/perf-journey.txt" || true
     fi
     awk '/^VmHWM/ { print $2 }' "/proc/$SHOP_PID/status" >"$RUN/hwm-$name.txt"
+    curl -sf "http://127.0.0.1:$METRICS_PORT/metrics" >"$RUN/metrics-$name.txt" || true
     sleep "$SETTLE"
     printf '%s\tafter\t%s\n' "$SECONDS" "$(rss_now)" >>"$samples"
     down

@@ -123,6 +123,26 @@ def served_share(answers):
     return (answers or {}).get("OK", 0) / answered if answered else 1.0
 
 
+def server_time(run, name):
+    """gRPC methods by the server time they took in a run (from grpc_server_handling_seconds
+    of the metrics scraped at its end): `Method mean (calls)`, the costliest first."""
+    text = read(run / f"metrics-{name}.txt")
+    if not text:
+        return None
+    sums, counts = {}, {}
+    for line in text.splitlines():
+        for suffix, into in (("_sum{", sums), ("_count{", counts)):
+            if line.startswith("grpc_server_handling_seconds" + suffix):
+                labels, _, value = line.partition("} ")
+                method = dict(re.findall(r'(\w+)="([^"]*)"', labels)).get("grpc_method", "?")
+                into[method] = into.get(method, 0.0) + float(value)
+    ranked = sorted(sums, key=sums.get, reverse=True)[:5]
+    return ", ".join(
+        f"{m} {ms(1000 * sums[m] / counts[m])} mean × {int(counts[m]):,}"
+        for m in ranked if counts.get(m)
+    )
+
+
 def load_report(run, name):
     text = read(run / f"{name}.json")
     return json.loads(text) if text else None
@@ -326,7 +346,11 @@ def main():
                f"{one(f, 'settle')} after {memory['after_mb']:.0f} MB"
                if memory and memory["idle_mb"] and memory["after_mb"] else "")
         )
-        for kind in report.get("error_kinds", [])[:3]:
+        by_method = server_time(run, f"journey-{users}")
+        if by_method:
+            notes.append(f"  {users:,} users, server time by gRPC method: {by_method}")
+        kinds = sorted(report.get("error_kinds", []), key=lambda k: k["count"], reverse=True)
+        for kind in kinds[:3]:
             notes.append(f"  {users:,} users errors: {kind['count']} × {kind['step']} "
                          f"{kind['kind']} ({kind['example'][:120]})")
     if counts and best != counts[0]:
