@@ -151,6 +151,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_retry_of_a_swept_checkout_cannot_place_its_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(&dir).await;
+        store
+            .begin_checkout("o1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+        assert_eq!(taken, ["o1"]);
+
+        // The client retries under the same key while the sweeper is still releasing the
+        // stock: the retry notes the checkout again and product-service still answers with the
+        // reservation it holds. Its order must be refused all the same, or it would stand on
+        // stock that the release is about to give back.
+        store
+            .begin_checkout("o1")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let late = store.place(&order("o1"), &created("o1")).await;
+        let message = late.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("stock was released"), "{message}");
+        assert!(
+            store.get("o1").await.ok().flatten().is_none(),
+            "no order without stock"
+        );
+    }
+
+    #[tokio::test]
     async fn a_refused_checkout_is_forgotten() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = store(&dir).await;

@@ -155,6 +155,15 @@ async fn end_checkout_in(conn: &mut AnyConnection, order_id: &str) -> Result<boo
     Ok(deleted.rows_affected() == 1)
 }
 
+/// Whether the sweeper released this order's checkout once, whatever was noted since.
+async fn was_swept(conn: &mut AnyConnection, order_id: &str) -> Result<bool, Error> {
+    let swept = sqlx::query("SELECT order_id FROM swept_checkouts WHERE order_id = $1")
+        .bind(order_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(swept.is_some())
+}
+
 pub(crate) struct OrderStore {
     db: Db,
 }
@@ -175,7 +184,9 @@ impl OrderStore {
         let mut tx = self.begin().await?;
         match insert(&mut tx, order).await {
             Ok(()) => {
-                if !end_checkout_in(&mut tx, &order.id).await? {
+                if !end_checkout_in(&mut tx, &order.id).await?
+                    || was_swept(&mut tx, &order.id).await?
+                {
                     tx.rollback().await?;
                     return Err(checkout_swept());
                 }
@@ -243,6 +254,18 @@ impl OrderStore {
             // Whoever deletes the row owns it: the sweeper here, or `place`.
             let taken = end_checkout_in(&mut tx, &order_id).await?;
             let has_order = load(&mut tx, &order_id).await?.is_some();
+            if taken && !has_order {
+                // Remembered for good: a retry under the same key may note the checkout
+                // again, and must not place the order whose stock is released now.
+                sqlx::query(
+                    "INSERT INTO swept_checkouts (order_id, swept_at_ms) VALUES ($1, $2)
+                     ON CONFLICT (order_id) DO NOTHING",
+                )
+                .bind(&order_id)
+                .bind(now_ms())
+                .execute(&mut *tx)
+                .await?;
+            }
             tx.commit().await?;
             if taken && !has_order {
                 abandoned.push(order_id);
