@@ -96,11 +96,17 @@ async fn counts(stores: &Stores) -> anyhow::Result<BTreeMap<String, i64>> {
             counts.insert(format!("{what} {status}"), n);
         }
     }
+    // Checkouts that made no order hold stock until the sweeper gives it back.
+    let checkouts: i64 = sqlx::query_scalar("SELECT count(*) FROM checkouts")
+        .fetch_one(&stores.order)
+        .await?;
+    counts.insert("checkouts open".to_owned(), checkouts);
     Ok(counts)
 }
 
 /// Waits until the saga is done with every order (all final, no payment pending, as many
-/// standing payments as confirmed orders: refunds included, every outbox empty). A backlog
+/// standing payments as confirmed orders: refunds included, every outbox empty, no abandoned
+/// checkout left for the sweeper). A backlog
 /// may take a while to drain on a busy machine, so it waits as long as anything still moves,
 /// and gives up when nothing has for `quiet_for`, or at `cap`. Returns what is still open.
 pub(crate) async fn settle(
@@ -117,7 +123,8 @@ pub(crate) async fn settle(
         let get = |key: &str| counts.get(key).copied().unwrap_or(0);
         let done = unsettled == (0, 0)
             && get("payment pending") == 0
-            && get("payment succeeded") == get("order confirmed");
+            && get("payment succeeded") == get("order confirmed")
+            && get("checkouts open") == 0;
         let now = tokio::time::Instant::now();
         if done || now - moved > quiet_for || now - started > cap {
             return Ok(unsettled);
