@@ -497,3 +497,6 @@ fi
 fact load-after "$(cut -d' ' -f1-3 /proc/loadavg)"
 say "table (also in $RUN/bench.md and bench.json)"
 python3 "$ROOT/scripts/bench/report.py" "$RUN"
+# The systems' databases and the binaries' copies are 200 MB a run and say nothing the outputs
+# do not (perf keeps what its report needs in ~/.debug).
+rm -rf "${RUN:?}/bin" "${RUN:?}"/data-*
