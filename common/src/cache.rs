@@ -20,7 +20,7 @@ pub struct ExpiringCache<K, V, T> {
 }
 
 struct Inner<K, V, T> {
-    entries: HashMap<K, Slot<V, T>>,
+    entries: HashMap<K, Entry<V, T>>,
     /// Counts removals; [`ExpiringCache::generation`] reads it.
     generation: u64,
     /// Values read before this generation are refused for every key: the cache was cleared
@@ -28,10 +28,12 @@ struct Inner<K, V, T> {
     refused_before: u64,
 }
 
-enum Slot<V, T> {
-    Live(V, T),
-    /// Removed at this generation: a value read before it is stale.
-    Removed(u64),
+struct Entry<V, T> {
+    /// The value and its expiry; none since the key was removed.
+    value: Option<(V, T)>,
+    /// The generation of the key's last removal (0: never): a value read before it is stale,
+    /// even once a fresher one was kept.
+    removed_at: u64,
 }
 
 impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
@@ -54,8 +56,8 @@ impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
         Q: Hash + Eq + ?Sized,
     {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
-        match inner.entries.get(key) {
-            Some(Slot::Live(value, expires)) if now <= *expires => Some(value.clone()),
+        match inner.entries.get(key).and_then(|e| e.value.as_ref()) {
+            Some((value, expires)) if now <= *expires => Some(value.clone()),
             _ => None,
         }
     }
@@ -68,28 +70,46 @@ impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
             .generation
     }
 
-    /// Keeps `value` until `expires`, unless `key` was removed (or the cache cleared) since
-    /// `generation` was read: the value may predate that change. Returns whether it was kept.
+    /// Whether `key` was removed (or the cache cleared) after `generation` was read: a value
+    /// read since then may predate the change.
+    pub fn changed_since<Q>(&self, key: &Q, generation: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        inner.changed_since(key, generation)
+    }
+
+    /// Keeps `value` until `expires`, unless `key` changed since `generation` was read (see
+    /// [`Self::changed_since`]). Returns whether it was kept.
     pub fn insert(&self, key: K, value: V, expires: T, generation: u64, now: T) -> bool {
         if self.capacity == 0 {
             return false;
         }
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
-        let removed_since = match inner.entries.get(&key) {
-            Some(Slot::Removed(at)) => *at > generation,
-            _ => false,
-        };
-        if generation < inner.refused_before || removed_since {
+        if inner.changed_since(&key, generation) {
             return false;
         }
-        if inner.entries.len() >= self.capacity && !inner.entries.contains_key(&key) {
+        if let Some(entry) = inner.entries.get_mut(&key) {
+            entry.value = Some((value, expires));
+            return true;
+        }
+        if inner.entries.len() >= self.capacity {
             inner.make_room(self.capacity, Some(now));
         }
-        inner.entries.insert(key, Slot::Live(value, expires));
+        let value = Some((value, expires));
+        inner.entries.insert(
+            key,
+            Entry {
+                value,
+                removed_at: 0,
+            },
+        );
         true
     }
 
-    /// Forgets `key`, and any value being computed meanwhile.
+    /// Forgets `key`'s value, and refuses any value of it being read meanwhile.
     pub fn remove<Q>(&self, key: &Q)
     where
         K: Borrow<Q>,
@@ -97,18 +117,30 @@ impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
     {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.generation += 1;
-        let at = inner.generation;
-        if let Some(slot) = inner.entries.get_mut(key) {
-            *slot = Slot::Removed(at);
-        } else if self.capacity > 0 {
-            if inner.entries.len() >= self.capacity {
-                inner.make_room(self.capacity, None);
-            }
-            inner.entries.insert(key.to_owned(), Slot::Removed(at));
+        let removed_at = inner.generation;
+        if self.capacity == 0 {
+            // Nothing to remember the key in: every read begun before counts as changed.
+            inner.refused_before = removed_at;
+            return;
         }
+        if let Some(entry) = inner.entries.get_mut(key) {
+            *entry = Entry {
+                value: None,
+                removed_at,
+            };
+            return;
+        }
+        if inner.entries.len() >= self.capacity {
+            inner.make_room(self.capacity, None);
+        }
+        let entry = Entry {
+            value: None,
+            removed_at,
+        };
+        inner.entries.insert(key.to_owned(), entry);
     }
 
-    /// Forgets everything, and any value being computed meanwhile.
+    /// Forgets everything, and refuses every value being read meanwhile.
     pub fn clear(&self) {
         let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
         inner.entries.clear();
@@ -123,7 +155,7 @@ impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
             .unwrap_or_else(PoisonError::into_inner)
             .entries
             .values()
-            .filter(|slot| matches!(slot, Slot::Live(..)))
+            .filter(|entry| entry.value.is_some())
             .count()
     }
 
@@ -133,26 +165,42 @@ impl<K: Eq + Hash, V: Clone, T: Ord + Copy> ExpiringCache<K, V, T> {
 }
 
 impl<K: Eq + Hash, V, T: Ord + Copy> Inner<K, V, T> {
+    fn changed_since<Q>(&self, key: &Q, generation: u64) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        generation < self.refused_before
+            || self
+                .entries
+                .get(key)
+                .is_some_and(|entry| entry.removed_at > generation)
+    }
+
     /// Drops expired values (when `now` is known), then arbitrary entries, down to seven
     /// eighths of `capacity`. A removal forgotten here still refuses what was read before it.
     fn make_room(&mut self, capacity: usize, now: Option<T>) {
+        let mut forgotten = 0;
         if let Some(now) = now {
-            self.entries.retain(|_, slot| match slot {
-                Slot::Live(_, expires) => now <= *expires,
-                Slot::Removed(_) => true,
+            self.entries.retain(|_, entry| {
+                let expired = entry
+                    .value
+                    .as_ref()
+                    .is_some_and(|(_, expires)| now > *expires);
+                if expired {
+                    forgotten = forgotten.max(entry.removed_at);
+                }
+                !expired
             });
         }
         let keep = capacity - capacity.div_ceil(8);
         let mut excess = self.entries.len().saturating_sub(keep);
-        let mut forgotten = 0;
-        self.entries.retain(|_, slot| {
+        self.entries.retain(|_, entry| {
             if excess == 0 {
                 return true;
             }
             excess -= 1;
-            if let Slot::Removed(at) = slot {
-                forgotten = forgotten.max(*at);
-            }
+            forgotten = forgotten.max(entry.removed_at);
             false
         });
         self.refused_before = self.refused_before.max(forgotten);
@@ -215,6 +263,19 @@ mod tests {
     }
 
     #[test]
+    fn a_value_read_before_a_removal_does_not_replace_one_read_after_it() {
+        let cache = ExpiringCache::new(10);
+        let first = cache.generation();
+        cache.remove(&"a");
+        let second = cache.generation();
+        assert!(cache.insert("a", "fresh", 100_u64, second, 50));
+        assert!(cache.changed_since(&"a", first));
+        assert!(!cache.changed_since(&"a", second));
+        assert!(!cache.insert("a", "stale", 100, first, 50));
+        assert_eq!(cache.get("a", 50), Some("fresh"));
+    }
+
+    #[test]
     fn a_value_read_before_a_clear_is_not_kept() {
         let cache = ExpiringCache::new(10);
         let before = cache.generation();
@@ -247,9 +308,13 @@ mod tests {
     }
 
     #[test]
-    fn a_cache_of_size_zero_keeps_nothing() {
+    fn a_cache_of_size_zero_keeps_nothing_but_still_tells_what_changed() {
         let cache = ExpiringCache::new(0);
-        assert!(!cache.insert("a", 1, 100_u64, cache.generation(), 50));
+        let before = cache.generation();
+        assert!(!cache.insert("a", 1, 100_u64, before, 50));
         assert!(cache.is_empty());
+        assert!(!cache.changed_since(&"a", before));
+        cache.remove(&"a");
+        assert!(cache.changed_since(&"a", before));
     }
 }

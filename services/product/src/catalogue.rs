@@ -3,10 +3,16 @@
 //! take every line or none, and the read cache in front of the store.
 
 use std::{
-    sync::Arc,
+    collections::HashMap,
+    hash::Hash,
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
+use futures::{
+    FutureExt as _,
+    future::{BoxFuture, Shared, try_join_all},
+};
 use shop_common::{Error, cache::ExpiringCache, paging::Cursor};
 use shop_proto::product::v1 as pb;
 
@@ -52,6 +58,70 @@ struct Reads {
     /// The ids on a page; their products come from `products`. Stock neither selects nor
     /// orders a page's rows, so a reservation drops products, never pages.
     pages: ExpiringCache<PageKey, Vec<String>, Instant>,
+    product_reads: Flights<String, Option<Product>>,
+    /// A page's rows, with the generation of `products` the read began at.
+    page_reads: Flights<PageKey, (u64, Vec<Product>)>,
+}
+
+/// A store read in progress, awaited by everyone who asked for its key meanwhile.
+type Flight<V> = Shared<BoxFuture<'static, Result<V, Arc<Error>>>>;
+
+/// Store reads in progress by key. Whoever asks for a key while its read runs waits for that
+/// read instead of sending the same query: a product that many view while reservations keep
+/// dropping it from the cache costs one query at a time, not one per caller (under load, the
+/// callers' queries queued for the pool and kept it full). A caller joins only a read that
+/// began after the key last changed.
+struct Flights<K, V> {
+    running: Mutex<HashMap<K, (u64, Flight<V>)>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone + Send + Sync + 'static> Flights<K, V> {
+    fn new() -> Self {
+        Self {
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The read of `key` to wait for, and whether this caller began it: the one running unless
+    /// `changed_since` its start, else `read` begun now, at `generation`.
+    fn join(
+        &self,
+        key: &K,
+        generation: u64,
+        changed_since: impl Fn(u64) -> bool,
+        read: impl FnOnce() -> BoxFuture<'static, Result<V, Error>>,
+    ) -> (Flight<V>, bool) {
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((started, flight)) = running.get(key)
+            && !changed_since(*started)
+        {
+            return (flight.clone(), false);
+        }
+        let flight = read().map(|read| read.map_err(Arc::new)).boxed().shared();
+        running.insert(key.clone(), (generation, flight.clone()));
+        (flight, true)
+    }
+
+    /// Waits for `flight`, then forgets it: a later caller reads the cache, or again.
+    async fn wait(&self, key: &K, flight: Flight<V>) -> Result<V, Error> {
+        let outcome = flight.clone().await;
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if running.get(key).is_some_and(|(_, f)| f.ptr_eq(&flight)) {
+            running.remove(key);
+        }
+        outcome.map_err(|error| for_each_caller(&error))
+    }
+}
+
+/// A shared read's failure, as each of its callers reports it.
+fn for_each_caller(error: &Error) -> Error {
+    match error {
+        Error::Unavailable { dependency, source } => {
+            Error::unavailable(dependency.clone(), source.to_string())
+        }
+        Error::NotFound(what) => Error::NotFound(what.clone()),
+        other => Error::internal(format!("{other:?}")),
+    }
 }
 
 fn not_found(id: &str) -> Error {
@@ -68,6 +138,8 @@ impl Catalogue {
                 ttl: cache.ttl,
                 products: ExpiringCache::new(size),
                 pages: ExpiringCache::new(size),
+                product_reads: Flights::new(),
+                page_reads: Flights::new(),
             },
         }
     }
@@ -91,15 +163,25 @@ impl Catalogue {
         if let Some(product) = self.reads.products.get(id, now) {
             return Ok(product);
         }
+        let key = id.to_owned();
         let generation = self.reads.products.generation();
-        let product = self.store.get(id).await?.ok_or_else(|| not_found(id))?;
-        self.reads.products.insert(
-            product.id.clone(),
-            product.clone(),
-            now + self.reads.ttl,
+        let (flight, began) = self.reads.product_reads.join(
+            &key,
             generation,
-            now,
+            |started| self.reads.products.changed_since(id, started),
+            || {
+                let (store, id) = (self.store.clone(), key.clone());
+                Box::pin(async move { store.get(&id).await })
+            },
         );
+        let read = self.reads.product_reads.wait(&key, flight).await?;
+        let product = read.ok_or_else(|| not_found(id))?;
+        if began {
+            let expires = now + self.reads.ttl;
+            self.reads
+                .products
+                .insert(key, product.clone(), expires, generation, now);
+        }
         Ok(product)
     }
 
@@ -119,29 +201,57 @@ impl Catalogue {
             limit,
         );
         let now = Instant::now();
-        if let Some(ids) = self.reads.pages.get(&key, now) {
-            let cached: Option<Vec<Product>> = ids
-                .iter()
-                .map(|id| self.reads.products.get(id, now))
-                .collect();
-            // One product changed since is enough to read the page again: one query, as
-            // without a cache.
-            if let Some(products) = cached {
-                return Ok(products);
+        let rows = match self.reads.pages.get(&key, now) {
+            // A product changed since is read by itself, shared with whoever reads it too.
+            Some(ids) => try_join_all(ids.iter().map(|id| self.get(id))).await,
+            None => self.read_page(key, filter, after, limit, now).await,
+        };
+        match rows {
+            // Deleted by another replica since the page was read: read it again.
+            Err(Error::NotFound(_)) => self.store.list(filter, after, limit).await,
+            rows => rows,
+        }
+    }
+
+    /// A page from the store (or the read of it running), its products as they are now.
+    async fn read_page(
+        &self,
+        key: PageKey,
+        filter: &ListFilter,
+        after: Option<&Cursor>,
+        limit: u32,
+        now: Instant,
+    ) -> Result<Vec<Product>, Error> {
+        let generation = self.reads.pages.generation();
+        let (flight, began) = self.reads.page_reads.join(
+            &key,
+            generation,
+            |started| self.reads.pages.changed_since(&key, started),
+            || {
+                let store = self.store.clone();
+                let products = self.reads.products.generation();
+                let (filter, after) = (filter.clone(), after.cloned());
+                Box::pin(async move {
+                    let rows = store.list(&filter, after.as_ref(), limit).await?;
+                    Ok((products, rows))
+                })
+            },
+        );
+        let (products, mut rows) = self.reads.page_reads.wait(&key, flight).await?;
+        if began {
+            let expires = now + self.reads.ttl;
+            let ids = rows.iter().map(|p| p.id.clone()).collect();
+            self.reads.pages.insert(key, ids, expires, generation, now);
+            for row in &rows {
+                let (id, row) = (row.id.clone(), row.clone());
+                self.reads.products.insert(id, row, expires, products, now);
             }
         }
-        let (pages, products) = (
-            self.reads.pages.generation(),
-            self.reads.products.generation(),
-        );
-        let rows = self.store.list(filter, after, limit).await?;
-        let expires = now + self.reads.ttl;
-        let ids = rows.iter().map(|p| p.id.clone()).collect();
-        self.reads.pages.insert(key, ids, expires, pages, now);
-        for row in &rows {
-            self.reads
-                .products
-                .insert(row.id.clone(), row.clone(), expires, products, now);
+        // A product reserved (or released) since the page's read began shows as it is now.
+        for row in &mut rows {
+            if self.reads.products.changed_since(&row.id, products) {
+                *row = self.get(&row.id).await?;
+            }
         }
         Ok(rows)
     }
@@ -219,5 +329,100 @@ impl Catalogue {
         self.reads.pages.clear();
         tracing::info!(products = products.len(), "demo catalogue seeded");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+
+    /// A read that counts itself and ends with `value` once `gate` opens.
+    fn gated(
+        reads: &Arc<AtomicU32>,
+        gate: &Arc<Semaphore>,
+        value: Result<u32, Error>,
+    ) -> impl FnOnce() -> BoxFuture<'static, Result<u32, Error>> {
+        let (reads, gate) = (reads.clone(), gate.clone());
+        move || {
+            Box::pin(async move {
+                reads.fetch_add(1, Ordering::SeqCst);
+                let _open = gate.acquire().await;
+                value
+            })
+        }
+    }
+
+    /// A gate that opens when [`open`] is awaited, after the reads were started.
+    fn closed() -> Arc<Semaphore> {
+        Arc::new(Semaphore::new(0))
+    }
+
+    async fn open(gate: &Semaphore) {
+        tokio::task::yield_now().await;
+        gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    }
+
+    #[tokio::test]
+    async fn callers_asking_for_a_key_while_its_read_runs_share_that_read() {
+        let flights: Flights<&str, u32> = Flights::new();
+        let (reads, gate) = (Arc::new(AtomicU32::new(0)), closed());
+        let joined: Vec<_> = (0..5)
+            .map(|_| flights.join(&"p1", 0, |_| false, gated(&reads, &gate, Ok(7))))
+            .collect();
+        let began = joined.iter().filter(|(_, began)| *began).count();
+        let waits = joined
+            .into_iter()
+            .map(|(flight, _)| flights.wait(&"p1", flight));
+        let (outcomes, ()) = tokio::join!(futures::future::join_all(waits), open(&gate));
+        assert_eq!(began, 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 1, "one read for five callers");
+        assert!(outcomes.iter().all(|o| matches!(o, Ok(7))), "{outcomes:?}");
+        assert!(
+            flights
+                .running
+                .lock()
+                .map(|r| r.is_empty())
+                .unwrap_or(false)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_caller_after_a_change_does_not_join_a_read_begun_before_it() {
+        let flights: Flights<&str, u32> = Flights::new();
+        let (reads, gate) = (Arc::new(AtomicU32::new(0)), closed());
+        let (old, began_old) = flights.join(&"p1", 3, |_| false, gated(&reads, &gate, Ok(1)));
+        // The key changed at generation 4: the read begun at 3 may predate it.
+        let changed = |started: u64| started < 4;
+        let (new, began_new) = flights.join(&"p1", 4, changed, gated(&reads, &gate, Ok(2)));
+        assert!(began_old && began_new);
+        let (old, new, ()) = tokio::join!(
+            flights.wait(&"p1", old),
+            flights.wait(&"p1", new),
+            open(&gate)
+        );
+        assert_eq!((old.ok(), new.ok()), (Some(1), Some(2)));
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_shared_read_that_fails_fails_for_each_caller_with_its_kind() {
+        let flights: Flights<&str, u32> = Flights::new();
+        let (reads, gate) = (Arc::new(AtomicU32::new(0)), closed());
+        let down = Err(Error::unavailable("database", "connection refused"));
+        let (first, _) = flights.join(&"p1", 0, |_| false, gated(&reads, &gate, down));
+        let (second, _) = flights.join(&"p1", 0, |_| false, gated(&reads, &gate, Ok(1)));
+        gate.add_permits(1);
+        let (first, second) = tokio::join!(flights.wait(&"p1", first), flights.wait(&"p1", second));
+        for outcome in [first, second] {
+            assert!(
+                matches!(&outcome, Err(Error::Unavailable { dependency, .. }) if dependency == "database"),
+                "{outcome:?}"
+            );
+        }
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
     }
 }
