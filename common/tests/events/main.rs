@@ -91,6 +91,19 @@ macro_rules! bus_contract {
                 let Some(bus) = $make.await? else { return Ok(()) };
                 crate::suite::a_consumer_gets_only_the_keys_it_bound(bus).await
             }
+
+            #[tokio::test]
+            async fn events_of_different_aggregates_are_handled_at_once() -> anyhow::Result<()> {
+                let Some(bus) = $make.await? else { return Ok(()) };
+                crate::suite::events_of_different_aggregates_are_handled_at_once(bus).await
+            }
+
+            #[tokio::test]
+            async fn the_events_of_one_aggregate_are_handled_one_at_a_time_in_order()
+            -> anyhow::Result<()> {
+                let Some(bus) = $make.await? else { return Ok(()) };
+                crate::suite::the_events_of_one_aggregate_are_handled_one_at_a_time_in_order(bus).await
+            }
         }
     };
 }

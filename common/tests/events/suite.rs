@@ -421,3 +421,130 @@ where
     .await?;
     Ok(())
 }
+
+/// Takes `hold` over each event and records which events of which order ran at once.
+struct Slow {
+    hold: Duration,
+    /// The order ids whose events are being handled now.
+    running: Mutex<Vec<String>>,
+    most_at_once: Mutex<usize>,
+    /// An order id seen twice in `running`: two events of one aggregate at once.
+    overlapped: Mutex<bool>,
+    /// (order id, event id) in the order handling began.
+    began: Mutex<Vec<(String, String)>>,
+}
+
+impl Slow {
+    fn new(hold: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            hold,
+            running: Mutex::default(),
+            most_at_once: Mutex::default(),
+            overlapped: Mutex::default(),
+            began: Mutex::default(),
+        })
+    }
+}
+
+impl EventHandler for Slow {
+    fn handle<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let order: OrderCreated = envelope.payload()?;
+            {
+                let mut running = lock(&self.running);
+                if running.contains(&order.order_id) {
+                    *lock(&self.overlapped) = true;
+                }
+                running.push(order.order_id.clone());
+                let mut most = lock(&self.most_at_once);
+                *most = (*most).max(running.len());
+                lock(&self.began).push((order.order_id.clone(), envelope.id().to_owned()));
+            }
+            tokio::time::sleep(self.hold).await;
+            let mut running = lock(&self.running);
+            if let Some(at) = running.iter().position(|id| *id == order.order_id) {
+                running.remove(at);
+            }
+            Ok(())
+        })
+    }
+}
+
+async fn subscribe_slow(
+    bus: &impl EventBus,
+    name: &str,
+    key: &str,
+    handler: Arc<Slow>,
+) -> anyhow::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    let subscription = Subscription {
+        consumer: name.to_owned(),
+        routing_keys: vec![key.to_owned()],
+        retry: fast_retries(3),
+    };
+    drop(bus.subscribe(subscription, handler, stop.clone()).await?);
+    Ok(stop)
+}
+
+/// One slow event does not hold up the events of other aggregates behind it.
+pub(crate) async fn events_of_different_aggregates_are_handled_at_once(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
+    let handler = Slow::new(Duration::from_millis(300));
+    let name = consumer("at-once");
+    let stop = subscribe_slow(&bus, &name, &key, handler.clone()).await?;
+    for n in 0..8 {
+        bus.publish(&order_created(&prefix, &format!("order-{n}")))
+            .await?;
+    }
+    until("every event began", || lock(&handler.began).len() == 8).await?;
+    until("every event ended", || lock(&handler.running).is_empty()).await?;
+    let most = *lock(&handler.most_at_once);
+    assert!(most >= 2, "at most {most} event(s) were handled at once");
+    stop.cancel();
+    Ok(())
+}
+
+/// The events of one aggregate are handled one after the other, in the order they were
+/// published, while other aggregates' events go on beside them.
+pub(crate) async fn the_events_of_one_aggregate_are_handled_one_at_a_time_in_order(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
+    let handler = Slow::new(Duration::from_millis(30));
+    let name = consumer("in-order");
+    let stop = subscribe_slow(&bus, &name, &key, handler.clone()).await?;
+    let mut published: Vec<(String, String)> = Vec::new();
+    for _ in 0..6 {
+        for order in ["order-a", "order-b"] {
+            let event = order_created(&prefix, order);
+            published.push((order.to_owned(), event.id().to_owned()));
+            bus.publish(&event).await?;
+        }
+    }
+    until("every event began", || lock(&handler.began).len() == 12).await?;
+    until("every event ended", || lock(&handler.running).is_empty()).await?;
+    assert!(
+        !*lock(&handler.overlapped),
+        "two events of one order ran at once"
+    );
+    let began = lock(&handler.began).clone();
+    for order in ["order-a", "order-b"] {
+        let of = |list: &[(String, String)]| -> Vec<String> {
+            list.iter()
+                .filter(|(o, _)| o == order)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        assert_eq!(of(&began), of(&published), "{order} out of order");
+    }
+    assert!(
+        *lock(&handler.most_at_once) >= 2,
+        "the two orders' events ran beside each other"
+    );
+    stop.cancel();
+    Ok(())
+}

@@ -6,10 +6,11 @@
 mod journal;
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex, MutexGuard},
 };
 
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use tokio::{sync::Notify, task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +30,9 @@ use super::{
 
 /// `messaging.system` of this bus's spans.
 const SYSTEM: &str = "shop.in_process";
+/// Deliveries handled at once per consumer, as on RabbitMQ: one at a time, a consumer whose
+/// handler waits on its database (PostgreSQL commits) fell behind a 10,000-user journey.
+const CONCURRENCY: usize = 4;
 
 /// Cheap to clone; clones share the queues.
 #[derive(Clone, Default)]
@@ -244,20 +248,39 @@ impl EventBus for InProcessBus {
             let journal = self.journal.clone();
             Ok(tokio::spawn(
                 async move {
+                    // Each running delivery with the aggregate it holds (see `ordering_key`).
+                    let mut running = FuturesUnordered::new();
+                    let mut held: HashSet<String> = HashSet::new();
                     loop {
                         let delivery = tokio::select! {
-                            delivery = queue.next() => delivery,
+                            delivery = queue.next(), if running.len() < CONCURRENCY => delivery,
+                            Some(done) = running.next() => {
+                                release(&mut held, done);
+                                continue;
+                            }
                             () = shutdown.cancelled() => break,
                         };
-                        deliver(
-                            &consumer,
-                            &queue,
-                            journal.as_deref(),
-                            handler.as_ref(),
-                            delivery,
-                        )
-                        .await;
+                        let key = ordering_key(&delivery.envelope);
+                        // The events of one aggregate are handled in the order they came:
+                        // wait for the one running.
+                        while key.as_ref().is_some_and(|key| held.contains(key)) {
+                            match running.next().await {
+                                Some(done) => release(&mut held, done),
+                                None => break,
+                            }
+                        }
+                        if let Some(key) = &key {
+                            held.insert(key.clone());
+                        }
+                        let (consumer, queue) = (&consumer, &queue);
+                        let (journal, handler) = (journal.as_deref(), handler.as_ref());
+                        running.push(async move {
+                            deliver(consumer, queue, journal, handler, delivery).await;
+                            key
+                        });
                     }
+                    // What runs is finished, not cut off; what waits stays queued.
+                    while running.next().await.is_some() {}
                 }
                 .with_current_subscriber(),
             ))
@@ -401,6 +424,20 @@ async fn deliver(
         reason,
     };
     lock(&queue.state).dead.push((delivery.id, letter));
+}
+
+/// What orders a delivery among the others: its aggregate (type and id); one without is
+/// ordered against nothing.
+fn ordering_key(envelope: &Envelope) -> Option<String> {
+    let event = &envelope.0;
+    (!event.aggregate_id.is_empty())
+        .then(|| format!("{}/{}", event.aggregate_type, event.aggregate_id))
+}
+
+fn release(held: &mut HashSet<String>, key: Option<String>) {
+    if let Some(key) = key {
+        held.remove(&key);
+    }
 }
 
 fn noted(consumer: &str, written: Result<(), BusError>) {

@@ -1,10 +1,11 @@
-//! Consuming: one task per subscription that reconnects by itself, runs the handler for each
-//! delivery, and settles it (ack, retry queue or dead-letter queue) only after the outcome is
-//! safely with the broker.
+//! Consuming: one task per subscription that reconnects by itself, runs the handler for up to
+//! [`CONCURRENCY`] deliveries at once (those of one aggregate one after the other, in order), and
+//! settles each (ack, retry queue or dead-letter queue) only after the outcome is safely with the
+//! broker.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use futures::StreamExt as _;
+use futures::{StreamExt as _, stream::FuturesUnordered};
 use lapin::{
     BasicProperties, Channel,
     message::Delivery,
@@ -27,6 +28,10 @@ use crate::events::{
 };
 
 const PREFETCH: u16 = 32;
+/// Deliveries handled at once per consumer. One at a time, payment-service charged about 50
+/// orders a second on PostgreSQL (each a few commits, each waiting for the server's fsync) and
+/// fell behind a 10,000-user journey by minutes.
+const CONCURRENCY: usize = 4;
 
 impl RabbitBus {
     /// Declares the subscription's queues (so events published from now on wait for it) and
@@ -90,20 +95,52 @@ impl RabbitBus {
             )
             .await
             .map_err(unavailable)?;
+        // Each running delivery with the aggregate it holds (see `ordering_key`).
+        let mut running = FuturesUnordered::new();
+        let mut held: HashSet<String> = HashSet::new();
         loop {
             let delivery = tokio::select! {
-                next = deliveries.next() => match next {
+                next = deliveries.next(), if running.len() < CONCURRENCY => match next {
                     Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => return Err(unavailable(error)),
-                    None => return Err(unavailable("the broker cancelled the consumer")),
+                    Some(Err(error)) => return Err(drained(&mut running, unavailable(error)).await),
+                    None => {
+                        let lost = unavailable("the broker cancelled the consumer");
+                        return Err(drained(&mut running, lost).await);
+                    }
                 },
+                Some((key, settled)) = running.next() => {
+                    release(&mut held, key);
+                    if let Err(error) = settled {
+                        return Err(drained(&mut running, error).await);
+                    }
+                    continue;
+                }
                 () = shutdown.cancelled() => {
+                    while running.next().await.is_some() {}
                     link.close().await;
                     return Ok(());
                 }
             };
-            self.settle(&link.channel, subscription, handler, delivery)
-                .await?;
+            let key = ordering_key(&delivery);
+            // The events of one aggregate are handled in the order they came: wait for the
+            // one running.
+            while key.as_ref().is_some_and(|key| held.contains(key)) {
+                let Some((done, settled)) = running.next().await else {
+                    break;
+                };
+                release(&mut held, done);
+                if let Err(error) = settled {
+                    return Err(drained(&mut running, error).await);
+                }
+            }
+            if let Some(key) = &key {
+                held.insert(key.clone());
+            }
+            let channel = &link.channel;
+            running.push(async move {
+                let settled = self.settle(channel, subscription, handler, delivery).await;
+                (key, settled)
+            });
         }
     }
 
@@ -212,4 +249,29 @@ impl RabbitBus {
             .map(drop)
             .map_err(unavailable)
     }
+}
+
+/// What orders a delivery among the others: its aggregate (type and id). Deliveries without
+/// one, or that do not decode, are ordered against nothing.
+fn ordering_key(delivery: &Delivery) -> Option<String> {
+    let envelope = Envelope::decode(&delivery.data).ok()?;
+    let event = &envelope.0;
+    (!event.aggregate_id.is_empty())
+        .then(|| format!("{}/{}", event.aggregate_type, event.aggregate_id))
+}
+
+fn release(held: &mut HashSet<String>, key: Option<String>) {
+    if let Some(key) = key {
+        held.remove(&key);
+    }
+}
+
+/// `error` once the deliveries still running have finished: their handlers complete (what
+/// they commit stays, and the broker redelivers what was not acked), none is cut off midway.
+async fn drained<F, T>(running: &mut FuturesUnordered<F>, error: BusError) -> BusError
+where
+    F: Future<Output = T>,
+{
+    while running.next().await.is_some() {}
+    error
 }
