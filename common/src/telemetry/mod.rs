@@ -28,7 +28,8 @@ use opentelemetry_sdk::{
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 use tracing::Dispatch;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, fmt::format::JsonFields, layer::SubscriberExt as _,
+    EnvFilter, Layer as _, filter::FilterExt as _, fmt::format::JsonFields,
+    layer::SubscriberExt as _,
 };
 
 pub use b3::B3Propagator;
@@ -135,12 +136,25 @@ impl Telemetry {
         } else {
             tracing_subscriber::fmt::layer().with_filter(logs()).boxed()
         };
+        // Nothing here reads OpenTelemetry's current context (spans carry their own), and
+        // busy/idle times and thread ids are not in the conventions a backend shows: without
+        // them, entering and leaving a span (each poll of an instrumented future) costs the
+        // trace layer nothing.
         let trace_layer = tracing_opentelemetry::layer()
             .with_tracer(tracer)
+            .with_context_activation(false)
+            .with_tracked_inactivity(false)
+            .with_threads(false)
             .with_filter(EnvFilter::new(&self.trace_filter));
+        // Every layer has a filter: one without would take an interest in every span and event
+        // (h2's and hyper's trace-level ones too), and the registry would make and track them
+        // all, a quarter of the gateway's CPU under load. Pinning cares only for the spans the
+        // other two keep.
+        let pin_worker_threads = worker_threads::PinWorkerThreads::new(own_dispatch.clone())
+            .with_filter(logs().or(EnvFilter::new(&self.trace_filter)));
         let dispatch = Dispatch::new(
             tracing_subscriber::registry()
-                .with(worker_threads::PinWorkerThreads::new(own_dispatch.clone()))
+                .with(pin_worker_threads)
                 .with(log_layer)
                 .with(trace_layer),
         );
