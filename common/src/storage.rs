@@ -16,7 +16,7 @@ use sqlx::{
 use tokio::sync::Notify;
 
 use crate::{
-    config::{ConfigError, Secret},
+    config::ConfigError,
     events::outbox::{self, OutboxError},
 };
 
@@ -75,7 +75,6 @@ pub struct Db {
     backend: Backend,
     /// The service it belongs to, for its metrics.
     service: &'static str,
-    url: Secret,
     /// Wakes this process's outbox relay when a transaction with events commits.
     committed: Arc<Notify>,
 }
@@ -121,7 +120,6 @@ impl Db {
             pool,
             backend,
             service: "",
-            url: Secret::new(url),
             committed: Arc::new(Notify::new()),
         })
     }
@@ -156,10 +154,6 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
-    }
-
-    pub(crate) fn url(&self) -> &Secret {
-        &self.url
     }
 
     /// Begins a transaction. On SQLite it takes the write lock up front (`BEGIN IMMEDIATE`): a

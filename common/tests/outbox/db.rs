@@ -7,7 +7,7 @@ use shop_common::{
         Envelope, EventPublisher,
         outbox::{self, Outbox, OutboxRelay, RelayConfig},
     },
-    storage::{Backend, Db as Database, database_on},
+    storage::{Db as Database, database_on},
 };
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
@@ -17,11 +17,9 @@ use tokio_util::sync::CancellationToken;
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
 
 pub(crate) struct Db {
+    /// Events are appended through the relay's own pool, as in a service: its commits wake the
+    /// relay in-process.
     db: Database,
-    /// Where events are appended: on PostgreSQL a pool of its own, as another replica's would
-    /// be, so only `NOTIFY` can wake the relay early; SQLite has no such thing, so there it is
-    /// the relay's own (its in-process wake-up).
-    writer: Database,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -32,15 +30,7 @@ impl Db {
         sqlx::query("CREATE TABLE effects (event_id TEXT NOT NULL)")
             .execute(db.pool())
             .await?;
-        let writer = match db.backend() {
-            Backend::Postgres => Database::connect("DATABASE_URL", url).await?,
-            Backend::Sqlite | Backend::MongoDb => db.clone(),
-        };
-        Ok(Self {
-            db,
-            writer,
-            _dir: dir,
-        })
+        Ok(Self { db, _dir: dir })
     }
 
     pub(crate) async fn sqlite() -> anyhow::Result<Option<Self>> {
@@ -62,13 +52,13 @@ impl Db {
 
     /// Appends `events` in one transaction, committed or rolled back.
     pub(crate) async fn append(&self, events: &[Envelope], commit: bool) -> anyhow::Result<()> {
-        let mut tx = self.writer.begin().await?;
+        let mut tx = self.db.begin().await?;
         for event in events {
             outbox::append(&mut tx, event).await?;
         }
         if commit {
             tx.commit().await?;
-            self.writer.events_committed();
+            self.db.events_committed();
         } else {
             tx.rollback().await?;
         }
