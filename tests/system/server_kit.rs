@@ -225,21 +225,49 @@ async fn the_gateway_answers_unknown_routes_with_a_json_404() -> anyhow::Result<
 #[tokio::test]
 async fn an_undecodable_request_is_invalid_argument_not_internal() -> anyhow::Result<()> {
     let system = spawn_system().await?;
-    let addr = system.endpoints.product;
+    let code = grpc_web_get_product(system.endpoints.product, &[0xff, 0xff, 0xff, 0xff]).await?;
+    assert!(
+        code == "3" || code.contains("grpc-status:3"),
+        "expected INVALID_ARGUMENT (3), got {code:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_request_without_a_message_is_invalid_argument_not_internal() -> anyhow::Result<()> {
+    let system = spawn_system().await?;
+    let code = grpc_web_get_product(system.endpoints.product, &[]).await?;
+    assert!(
+        code == "3" || code.contains("grpc-status:3"),
+        "expected INVALID_ARGUMENT (3), got {code:?}"
+    );
+    Ok(())
+}
+
+/// The grpc-status of GetProduct sent over grpc-web with `payload` as its one frame (none when
+/// empty).
+async fn grpc_web_get_product(
+    addr: std::net::SocketAddr,
+    payload: &[u8],
+) -> anyhow::Result<String> {
     wait_for_health(
         &channel(addr).await?,
         ServingStatus::Serving,
         Duration::from_secs(10),
     )
     .await?;
-    let garbage = grpc_web_frame(&[0xff, 0xff, 0xff, 0xff]);
+    let body = if payload.is_empty() {
+        Vec::new()
+    } else {
+        grpc_web_frame(payload)
+    };
     let request = http::Request::post(format!(
         "http://{addr}/shop.product.v1.ProductService/GetProduct"
     ))
     .version(http::Version::HTTP_11)
     .header("content-type", "application/grpc-web+proto")
     .header("x-grpc-web", "1")
-    .body(Full::new(bytes::Bytes::from(garbage)))?;
+    .body(Full::new(bytes::Bytes::from(body)))?;
     let (status, headers, body) = http1(request).await?;
     assert_eq!(status, http::StatusCode::OK);
     // A trailers-only answer: the status is in the headers (or a lone trailer frame).
@@ -247,16 +275,68 @@ async fn an_undecodable_request_is_invalid_argument_not_internal() -> anyhow::Re
         .get("grpc-status")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let code = match in_headers {
+    Ok(match in_headers {
         Some(code) => code,
         None => {
             let (trailers, _) = split_frame(&body)?;
             String::from_utf8_lossy(trailers.payload).to_string()
         }
+    })
+}
+
+/// A gateway cancels the upstream call of a client that went away; when that happens before
+/// the request's message went out, tonic reads the reset as a request without a message and
+/// answers INTERNAL, a server fault in the metrics and alerts. It is counted as CANCELLED.
+#[tokio::test]
+async fn a_call_cancelled_before_its_message_counts_as_cancelled_not_internal() -> anyhow::Result<()>
+{
+    let system = spawn_system().await?;
+    let addr = system.endpoints.payment;
+    wait_for_health(
+        &channel(addr).await?,
+        ServingStatus::Serving,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let metrics_url = format!("http://{}/metrics", system.endpoints.metrics);
+    let series = |code: &str| {
+        format!(
+            r#"grpc_server_handled_total{{grpc_code="{code}",grpc_method="Check",grpc_service="grpc.health.v1.Health"}}"#
+        )
     };
-    assert!(
-        code == "3" || code.contains("grpc-status:3"),
-        "expected INVALID_ARGUMENT (3), got {code:?}"
+    let (_, before) = http_get(&metrics_url).await?;
+    let count = |text: &str, code: &str| sample(text, &series(code)).unwrap_or(0.0);
+
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let (client, connection) = h2::client::handshake(tcp).await?;
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await?;
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())?;
+    // Headers only: the message never follows, and the caller gives up.
+    let (_response, mut stream) = client.send_request(request, false)?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stream.send_reset(h2::Reason::CANCEL);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let (_, after) = http_get(&metrics_url).await?;
+        if count(&after, "Canceled") > count(&before, "Canceled") {
+            break after;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("the cancelled call was never counted as Canceled:\n{after}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        count(&after, "Internal"),
+        count(&before, "Internal"),
+        "a cancelled call was counted as INTERNAL"
     );
+    drop(client);
+    connection.abort();
     Ok(())
 }

@@ -235,6 +235,13 @@ impl GrpcServer {
         let router = Server::builder()
             .accept_http1(true)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            // A gateway or sidecar carries many clients on one connection and cancels a call
+            // for each that goes away. At h2's default of 20 such resets before the server took
+            // the calls up, it closed the whole connection (GOAWAY), failing everyone else's
+            // calls on it. The calls in flight stay bounded by the shed limit regardless.
+            .http2_max_pending_accept_reset_streams(Some(
+                usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX),
+            ))
             .layer(layers)
             .add_routes(routes.routes());
         let server: BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {

@@ -1,15 +1,27 @@
-//! A request that does not decode as its method's message is the caller's mistake: INVALID_ARGUMENT
-//! rather than the INTERNAL tonic's codec answers. INTERNAL would count as a server fault in the
-//! failure-ratio alert, so anyone could page the on-call person with a few bytes of garbage.
+//! A request that carries no valid message is the caller's doing, not a server fault, yet tonic
+//! answers INTERNAL, which counts in the failure-ratio alert:
+//! - one that does not decode as its method's message is INVALID_ARGUMENT (else anyone could
+//!   page the on-call person with a few bytes of garbage);
+//! - one whose caller cancelled it before its message arrived is CANCELLED: tonic reads the
+//!   reset as the end of the request and reports "Missing request message." A gateway cancels
+//!   such calls whenever its clients go away (wrk closing its connections made product-service
+//!   count INTERNAL GetProducts that no client ever saw);
+//! - one that ended without a message is INVALID_ARGUMENT.
 
 use std::{
     future::Future,
     pin::Pin,
-    task::{Context, Poll},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll, ready},
 };
 
+use bytes::Bytes;
 use http::{Request, Response};
-use tonic::{Code, Status};
+use http_body::{Frame, SizeHint};
+use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -30,10 +42,12 @@ pub struct Undecodable<S> {
 
 /// The codec's message (prost's `DecodeError`), as tonic reports a request it could not decode.
 const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+/// tonic's message for a unary request that ended, or was reset, before its message.
+const NO_MESSAGE: &str = "Missing request message.";
 
-impl<S, B, ResBody> Service<Request<B>> for Undecodable<S>
+impl<S, ResBody> Service<Request<Body>> for Undecodable<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>>,
+    S: Service<Request<Body>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
 {
     type Response = S::Response;
@@ -44,24 +58,74 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
-        let call = self.inner.call(request);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let watched = Arc::clone(&cancelled);
+        let call = self.inner.call(request.map(|body| {
+            Body::new(WatchCancel {
+                inner: body,
+                cancelled: watched,
+            })
+        }));
         Box::pin(async move {
             let mut response = call.await?;
-            // Decoding fails before the handler runs, so the status is trailers-only: headers.
-            let undecodable = Status::from_header_map(response.headers()).is_some_and(|status| {
-                status.code() == Code::Internal && status.message().starts_with(DECODE_FAILURE)
-            });
-            if undecodable {
-                let status = Status::invalid_argument(format!(
-                    "the request is not a valid message for {method}"
-                ));
-                if let Err(error) = status.add_header(response.headers_mut()) {
-                    tracing::debug!(%error, "cannot rewrite the status of an undecodable request");
-                }
+            // Both fail before the handler runs, so the status is trailers-only: headers.
+            let Some(status) = Status::from_header_map(response.headers()) else {
+                return Ok(response);
+            };
+            if status.code() != Code::Internal {
+                return Ok(response);
+            }
+            let status = if status.message().starts_with(DECODE_FAILURE) {
+                Status::invalid_argument(format!("the request is not a valid message for {method}"))
+            } else if status.message() == NO_MESSAGE && cancelled.load(Ordering::Relaxed) {
+                Status::cancelled("the caller cancelled the call before its request arrived")
+            } else if status.message() == NO_MESSAGE {
+                Status::invalid_argument(format!("the request carries no message for {method}"))
+            } else {
+                return Ok(response);
+            };
+            if let Err(error) = status.add_header(response.headers_mut()) {
+                tracing::debug!(%error, "cannot rewrite the status of a request without a message");
             }
             Ok(response)
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that notes whether the caller reset it (CANCEL) before it ended.
+    struct WatchCancel {
+        #[pin]
+        inner: Body,
+        cancelled: Arc<AtomicBool>,
+    }
+}
+
+impl http_body::Body for WatchCancel {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Err(status)) = &frame
+            && status.code() == Code::Cancelled
+        {
+            this.cancelled.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
