@@ -284,14 +284,37 @@ async fn grpc_web_get_product(
     })
 }
 
-/// A gateway cancels the upstream call of a client that went away; when that happens before
-/// the request's message went out, tonic reads the reset as a request without a message and
-/// answers INTERNAL, a server fault in the metrics and alerts. It is counted as CANCELLED.
+/// How a caller goes away after sending a call's headers and before its message.
+#[derive(Clone, Copy, Debug)]
+enum GoesAway {
+    /// RST_STREAM CANCEL: a gateway cancelling the upstream call of a client that left.
+    Cancels,
+    /// The connection closes: a load tool or a crashed client.
+    Disconnects,
+}
+
+/// tonic reads a reset before the request's message as a request without a message (INTERNAL)
+/// and a broken connection as UNKNOWN: server faults in the metrics and alerts, for calls whose
+/// caller left. Both are counted as CANCELLED.
 #[tokio::test]
 async fn a_call_cancelled_before_its_message_counts_as_cancelled_not_internal() -> anyhow::Result<()>
 {
+    counted_as_cancelled(GoesAway::Cancels, "Internal").await
+}
+
+#[tokio::test]
+async fn a_call_whose_connection_breaks_before_its_message_counts_as_cancelled_not_unknown()
+-> anyhow::Result<()> {
+    counted_as_cancelled(GoesAway::Disconnects, "Unknown").await
+}
+
+async fn counted_as_cancelled(how: GoesAway, instead_of: &str) -> anyhow::Result<()> {
     let system = spawn_system().await?;
-    let addr = system.endpoints.payment;
+    // Each case on a port of its own: the counters are shared by the tests of this binary.
+    let addr = match how {
+        GoesAway::Cancels => system.endpoints.payment,
+        GoesAway::Disconnects => system.endpoints.order,
+    };
     wait_for_health(
         &channel(addr).await?,
         ServingStatus::Serving,
@@ -304,8 +327,8 @@ async fn a_call_cancelled_before_its_message_counts_as_cancelled_not_internal() 
             r#"grpc_server_handled_total{{grpc_code="{code}",grpc_method="Check",grpc_service="grpc.health.v1.Health"}}"#
         )
     };
-    let (_, before) = http_get(&metrics_url).await?;
     let count = |text: &str, code: &str| sample(text, &series(code)).unwrap_or(0.0);
+    let (_, before) = http_get(&metrics_url).await?;
 
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let (client, connection) = h2::client::handshake(tcp).await?;
@@ -315,28 +338,40 @@ async fn a_call_cancelled_before_its_message_counts_as_cancelled_not_internal() 
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(())?;
-    // Headers only: the message never follows, and the caller gives up.
-    let (_response, mut stream) = client.send_request(request, false)?;
+    // Headers only: the message never follows.
+    let (response, mut stream) = client.send_request(request, false)?;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stream.send_reset(h2::Reason::CANCEL);
+    match how {
+        GoesAway::Cancels => stream.send_reset(h2::Reason::CANCEL),
+        GoesAway::Disconnects => {
+            connection.abort();
+            drop((response, stream, client));
+        }
+    }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let after = loop {
         let (_, after) = http_get(&metrics_url).await?;
-        if count(&after, "Canceled") > count(&before, "Canceled") {
+        let settled = ["Canceled", instead_of]
+            .iter()
+            .any(|code| count(&after, code) > count(&before, code));
+        if settled {
             break after;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("the cancelled call was never counted as Canceled:\n{after}");
+            bail!("the call ({how:?}) was never counted:\n{after}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(
-        count(&after, "Internal"),
-        count(&before, "Internal"),
-        "a cancelled call was counted as INTERNAL"
+        count(&after, instead_of),
+        count(&before, instead_of),
+        "the call ({how:?}) was counted as {instead_of}"
     );
-    drop(client);
-    connection.abort();
+    assert_eq!(
+        count(&after, "Canceled"),
+        count(&before, "Canceled") + 1.0,
+        "the call ({how:?}) was not counted as Canceled"
+    );
     Ok(())
 }

@@ -2,10 +2,11 @@
 //! answers INTERNAL, which counts in the failure-ratio alert:
 //! - one that does not decode as its method's message is INVALID_ARGUMENT (else anyone could
 //!   page the on-call person with a few bytes of garbage);
-//! - one whose caller cancelled it before its message arrived is CANCELLED: tonic reads the
-//!   reset as the end of the request and reports "Missing request message." A gateway cancels
-//!   such calls whenever its clients go away (wrk closing its connections made product-service
-//!   count INTERNAL GetProducts that no client ever saw);
+//! - one whose caller cancelled it, or whose connection broke, before its message arrived is
+//!   CANCELLED: tonic reads a reset as the end of the request and reports INTERNAL "Missing
+//!   request message.", a broken connection as UNKNOWN. A gateway cancels such calls whenever
+//!   its clients go away (wrk closing its connections made product-service count INTERNAL
+//!   GetProducts that no client ever saw), a load tool that stops drops its connections;
 //! - one that ended without a message is INVALID_ARGUMENT.
 
 use std::{
@@ -60,12 +61,12 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let method = request.uri().path().to_owned();
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let watched = Arc::clone(&cancelled);
+        let broken = Arc::new(AtomicBool::new(false));
+        let watched = Arc::clone(&broken);
         let call = self.inner.call(request.map(|body| {
-            Body::new(WatchCancel {
+            Body::new(WatchBroken {
                 inner: body,
-                cancelled: watched,
+                broken: watched,
             })
         }));
         Box::pin(async move {
@@ -74,14 +75,15 @@ where
             let Some(status) = Status::from_header_map(response.headers()) else {
                 return Ok(response);
             };
-            if status.code() != Code::Internal {
-                return Ok(response);
-            }
-            let status = if status.message().starts_with(DECODE_FAILURE) {
+            let broken = broken.load(Ordering::Relaxed);
+            let no_message = status.code() == Code::Internal && status.message() == NO_MESSAGE;
+            let status = if status.code() == Code::Internal
+                && status.message().starts_with(DECODE_FAILURE)
+            {
                 Status::invalid_argument(format!("the request is not a valid message for {method}"))
-            } else if status.message() == NO_MESSAGE && cancelled.load(Ordering::Relaxed) {
-                Status::cancelled("the caller cancelled the call before its request arrived")
-            } else if status.message() == NO_MESSAGE {
+            } else if broken && (no_message || status.code() == Code::Unknown) {
+                Status::cancelled("the caller went away before its request arrived")
+            } else if no_message {
                 Status::invalid_argument(format!("the request carries no message for {method}"))
             } else {
                 return Ok(response);
@@ -95,15 +97,16 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A request body that notes whether the caller reset it (CANCEL) before it ended.
-    struct WatchCancel {
+    /// A request body that notes whether it failed (the caller reset the stream, or the
+    /// connection broke) before it ended.
+    struct WatchBroken {
         #[pin]
         inner: Body,
-        cancelled: Arc<AtomicBool>,
+        broken: Arc<AtomicBool>,
     }
 }
 
-impl http_body::Body for WatchCancel {
+impl http_body::Body for WatchBroken {
     type Data = Bytes;
     type Error = Status;
 
@@ -113,10 +116,8 @@ impl http_body::Body for WatchCancel {
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = self.project();
         let frame = ready!(this.inner.poll_frame(cx));
-        if let Some(Err(status)) = &frame
-            && status.code() == Code::Cancelled
-        {
-            this.cancelled.store(true, Ordering::Relaxed);
+        if let Some(Err(_)) = &frame {
+            this.broken.store(true, Ordering::Relaxed);
         }
         Poll::Ready(frame)
     }
