@@ -8,6 +8,7 @@ mod handling;
 mod lag;
 mod memory;
 mod metrics;
+mod ordering;
 pub mod outbox;
 mod rabbit;
 mod topic;

@@ -170,16 +170,14 @@ impl GrpcServer {
             .copied()
             .chain([HEALTH_SERVICE])
             .chain(REFLECTION_SERVICES);
+        let max_in_flight = usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX);
         let layers = tower::ServiceBuilder::new()
             .layer(DispatchLayer::current())
             .layer(RequestContextLayer)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RedMetricsLayer::new(known))
             // Shed before the token is verified: a refusal must cost next to nothing.
-            .layer(ShedLayer::new(
-                &name,
-                usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX),
-            ))
+            .layer(ShedLayer::new(&name, max_in_flight))
             .option_layer(auth)
             .layer(UndecodableLayer);
 
@@ -239,9 +237,7 @@ impl GrpcServer {
             // for each that goes away. At h2's default of 20 such resets before the server took
             // the calls up, it closed the whole connection (GOAWAY), failing everyone else's
             // calls on it. The calls in flight stay bounded by the shed limit regardless.
-            .http2_max_pending_accept_reset_streams(Some(
-                usize::try_from(limits.grpc_max_in_flight).unwrap_or(usize::MAX),
-            ))
+            .http2_max_pending_accept_reset_streams(Some(max_in_flight))
             .layer(layers)
             .add_routes(routes.routes());
         let server: BoxFuture<'_, Result<(), tonic::transport::Error>> = match tls {

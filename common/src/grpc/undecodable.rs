@@ -71,7 +71,7 @@ where
         }));
         Box::pin(async move {
             let mut response = call.await?;
-            // Both fail before the handler runs, so the status is trailers-only: headers.
+            // Each fails before the handler runs, so the status is trailers-only: headers.
             let Some(status) = Status::from_header_map(response.headers()) else {
                 return Ok(response);
             };

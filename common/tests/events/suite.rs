@@ -119,7 +119,7 @@ async fn subscribe(
     consumer: &str,
     keys: &[&str],
     retry: RetryPolicy,
-    handler: Arc<Recorder>,
+    handler: Arc<impl EventHandler + 'static>,
 ) -> anyhow::Result<CancellationToken> {
     let stop = CancellationToken::new();
     let subscription = Subscription {
@@ -470,22 +470,6 @@ impl EventHandler for Slow {
     }
 }
 
-async fn subscribe_slow(
-    bus: &impl EventBus,
-    name: &str,
-    key: &str,
-    handler: Arc<Slow>,
-) -> anyhow::Result<CancellationToken> {
-    let stop = CancellationToken::new();
-    let subscription = Subscription {
-        consumer: name.to_owned(),
-        routing_keys: vec![key.to_owned()],
-        retry: fast_retries(3),
-    };
-    drop(bus.subscribe(subscription, handler, stop.clone()).await?);
-    Ok(stop)
-}
-
 /// One slow event does not hold up the events of other aggregates behind it.
 pub(crate) async fn events_of_different_aggregates_are_handled_at_once(
     bus: impl EventBus,
@@ -494,7 +478,7 @@ pub(crate) async fn events_of_different_aggregates_are_handled_at_once(
     let key = format!("{prefix}.order.created");
     let handler = Slow::new(Duration::from_millis(300));
     let name = consumer("at-once");
-    let stop = subscribe_slow(&bus, &name, &key, handler.clone()).await?;
+    let stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
     for n in 0..8 {
         bus.publish(&order_created(&prefix, &format!("order-{n}")))
             .await?;
@@ -516,7 +500,7 @@ pub(crate) async fn the_events_of_one_aggregate_are_handled_one_at_a_time_in_ord
     let key = format!("{prefix}.order.created");
     let handler = Slow::new(Duration::from_millis(30));
     let name = consumer("in-order");
-    let stop = subscribe_slow(&bus, &name, &key, handler.clone()).await?;
+    let stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
     let mut published: Vec<(String, String)> = Vec::new();
     for _ in 0..6 {
         for order in ["order-a", "order-b"] {

@@ -25,14 +25,12 @@ use super::{
     RetryPolicy, Subscription,
     handling::{self, Carried},
     metrics::events as metrics,
+    ordering::{CONCURRENCY, ordering_key, release},
     topic,
 };
 
 /// `messaging.system` of this bus's spans.
 const SYSTEM: &str = "shop.in_process";
-/// Deliveries handled at once per consumer, as on RabbitMQ: one at a time, a consumer whose
-/// handler waits on its database (PostgreSQL commits) fell behind a 10,000-user journey.
-const CONCURRENCY: usize = 4;
 
 /// Cheap to clone; clones share the queues.
 #[derive(Clone, Default)]
@@ -424,20 +422,6 @@ async fn deliver(
         reason,
     };
     lock(&queue.state).dead.push((delivery.id, letter));
-}
-
-/// What orders a delivery among the others: its aggregate (type and id); one without is
-/// ordered against nothing.
-fn ordering_key(envelope: &Envelope) -> Option<String> {
-    let event = &envelope.0;
-    (!event.aggregate_id.is_empty())
-        .then(|| format!("{}/{}", event.aggregate_type, event.aggregate_id))
-}
-
-fn release(held: &mut HashSet<String>, key: Option<String>) {
-    if let Some(key) = key {
-        held.remove(&key);
-    }
 }
 
 fn noted(consumer: &str, written: Result<(), BusError>) {

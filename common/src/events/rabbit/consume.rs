@@ -1,5 +1,5 @@
 //! Consuming: one task per subscription that reconnects by itself, runs the handler for up to
-//! [`CONCURRENCY`] deliveries at once (those of one aggregate one after the other, in order), and
+//! [`CONCURRENCY`](crate::events::ordering::CONCURRENCY) deliveries at once (those of one aggregate one after the other, in order), and
 //! settles each (ack, retry queue or dead-letter queue) only after the outcome is safely with the
 //! broker.
 
@@ -25,13 +25,10 @@ use super::{
 use crate::events::{
     BusError, Envelope, EventHandler, HandlerError, Subscription, handling,
     metrics::events as metrics,
+    ordering::{CONCURRENCY, ordering_key, release},
 };
 
 const PREFETCH: u16 = 32;
-/// Deliveries handled at once per consumer. One at a time, payment-service charged about 50
-/// orders a second on PostgreSQL (each a few commits, each waiting for the server's fsync) and
-/// fell behind a 10,000-user journey by minutes.
-const CONCURRENCY: usize = 4;
 
 impl RabbitBus {
     /// Declares the subscription's queues (so events published from now on wait for it) and
@@ -121,7 +118,10 @@ impl RabbitBus {
                     return Ok(());
                 }
             };
-            let key = ordering_key(&delivery);
+            // One that does not decode is ordered against nothing.
+            let key = Envelope::decode(&delivery.data)
+                .ok()
+                .and_then(|envelope| ordering_key(&envelope));
             // The events of one aggregate are handled in the order they came: wait for the
             // one running.
             while key.as_ref().is_some_and(|key| held.contains(key)) {
@@ -248,21 +248,6 @@ impl RabbitBus {
             .await
             .map(drop)
             .map_err(unavailable)
-    }
-}
-
-/// What orders a delivery among the others: its aggregate (type and id). Deliveries without
-/// one, or that do not decode, are ordered against nothing.
-fn ordering_key(delivery: &Delivery) -> Option<String> {
-    let envelope = Envelope::decode(&delivery.data).ok()?;
-    let event = &envelope.0;
-    (!event.aggregate_id.is_empty())
-        .then(|| format!("{}/{}", event.aggregate_type, event.aggregate_id))
-}
-
-fn release(held: &mut HashSet<String>, key: Option<String>) {
-    if let Some(key) = key {
-        held.remove(&key);
     }
 }
 
