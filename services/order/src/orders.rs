@@ -107,11 +107,12 @@ impl Orders {
         let order_id = checkout.order_id(user_id);
         tracing::Span::current().record("order_id", order_id.as_str());
         let fingerprint = checkout.fingerprint();
-        if let Some(existing) = self.store.get(&order_id).await? {
+        // A repeat finds its order; a retry of a checkout still under way carries on with it.
+        if !self.store.begin_checkout(&order_id).await?
+            && let Some(existing) = self.store.get(&order_id).await?
+        {
             return existing.placed_by(&fingerprint);
         }
-
-        self.store.begin_checkout(&order_id).await?;
         let items = match self.stock.reserve(&order_id, checkout).await {
             Ok(items) => items,
             Err(error) => {

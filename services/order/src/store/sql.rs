@@ -84,22 +84,42 @@ async fn items(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<Item>, Er
     Ok(items)
 }
 
+/// The order and its lines in one statement: the lines are joined under names of their own.
+const LOAD: &str = concat!(
+    "SELECT ",
+    order_columns!(),
+    ", item_product_id, item_sku, item_name, item_quantity, item_unit_price_minor, item_currency
+     FROM orders LEFT JOIN (
+         SELECT order_id AS item_order_id, product_id AS item_product_id, sku AS item_sku,
+             name AS item_name, quantity AS item_quantity,
+             unit_price_minor AS item_unit_price_minor, currency AS item_currency
+         FROM order_items) AS lines ON item_order_id = order_id
+     WHERE order_id = $1 ORDER BY item_product_id"
+);
+
 async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>, Error> {
-    let row = sqlx::query(concat!(
-        "SELECT ",
-        order_columns!(),
-        " FROM orders WHERE order_id = $1"
-    ))
-    .bind(order_id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match row {
-        Some(row) => {
-            let items = items(conn, order_id).await?;
-            Ok(Some(order(&row, items)?))
-        }
-        None => Ok(None),
+    let rows = sqlx::query(LOAD)
+        .bind(order_id)
+        .fetch_all(&mut *conn)
+        .await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let mut lines = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let Some(product_id) = row.try_get::<Option<String>, _>("item_product_id")? else {
+            continue;
+        };
+        lines.push(Item {
+            product_id,
+            sku: row.try_get("item_sku")?,
+            name: row.try_get("item_name")?,
+            quantity: row.try_get("item_quantity")?,
+            unit_price_minor: row.try_get("item_unit_price_minor")?,
+            currency: row.try_get("item_currency")?,
+        });
     }
+    Ok(Some(order(first, lines)?))
 }
 
 /// The order and its lines; a unique violation means its key was taken.
@@ -155,13 +175,17 @@ async fn end_checkout_in(conn: &mut AnyConnection, order_id: &str) -> Result<boo
     Ok(deleted.rows_affected() == 1)
 }
 
-/// Whether the sweeper released this order's checkout once, whatever was noted since.
-async fn was_swept(conn: &mut AnyConnection, order_id: &str) -> Result<bool, Error> {
-    let swept = sqlx::query("SELECT order_id FROM swept_checkouts WHERE order_id = $1")
-        .bind(order_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(swept.is_some())
+/// Ends the order's checkout unless the sweeper released it once (whatever was noted since);
+/// false when it did, or took the checkout first.
+async fn end_unswept_checkout(conn: &mut AnyConnection, order_id: &str) -> Result<bool, Error> {
+    let deleted = sqlx::query(
+        "DELETE FROM checkouts WHERE order_id = $1
+         AND NOT EXISTS (SELECT 1 FROM swept_checkouts WHERE order_id = $1)",
+    )
+    .bind(order_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(deleted.rows_affected() == 1)
 }
 
 pub(crate) struct OrderStore {
@@ -184,9 +208,7 @@ impl OrderStore {
         let mut tx = self.begin().await?;
         match insert(&mut tx, order).await {
             Ok(()) => {
-                if !end_checkout_in(&mut tx, &order.id).await?
-                    || was_swept(&mut tx, &order.id).await?
-                {
+                if !end_unswept_checkout(&mut tx, &order.id).await? {
                     tx.rollback().await?;
                     return Err(checkout_swept());
                 }
@@ -213,17 +235,20 @@ impl OrderStore {
         load(&mut conn, id).await
     }
 
-    /// Notes that stock is about to be reserved for `order_id` (kept if already noted).
-    pub(crate) async fn begin_checkout(&self, order_id: &str) -> Result<(), Error> {
-        sqlx::query(
-            "INSERT INTO checkouts (order_id, started_at_ms) VALUES ($1, $2)
+    /// Notes that stock is about to be reserved for `order_id`, unless its order exists or the
+    /// checkout is noted already: then false, and the caller looks for the order.
+    pub(crate) async fn begin_checkout(&self, order_id: &str) -> Result<bool, Error> {
+        // One statement for the common case, a new key: no order to look up first.
+        let noted = sqlx::query(
+            "INSERT INTO checkouts (order_id, started_at_ms)
+             SELECT $1, $2 WHERE NOT EXISTS (SELECT 1 FROM orders WHERE order_id = $1)
              ON CONFLICT (order_id) DO NOTHING",
         )
         .bind(order_id)
         .bind(now_ms())
         .execute(self.db.pool())
         .await?;
-        Ok(())
+        Ok(noted.rows_affected() == 1)
     }
 
     /// Forgets a checkout that made no order and holds no stock (the reservation was refused).

@@ -63,11 +63,12 @@ impl PaymentStore {
 
     /// The order's payment: `new` stored if the order has none yet, else the one it has.
     pub(crate) async fn open(&self, new: &Payment) -> Result<Payment, Error> {
-        sqlx::query(concat!(
+        let stored = sqlx::query(concat!(
             "INSERT INTO payments (",
             payment_columns!(),
             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)
-             ON CONFLICT (order_id) DO NOTHING"
+             ON CONFLICT (order_id) DO NOTHING RETURNING ",
+            payment_columns!()
         ))
         .bind(&new.id)
         .bind(&new.order_id)
@@ -78,11 +79,14 @@ impl PaymentStore {
         .bind(&new.failure_reason)
         .bind(&new.provider_reference)
         .bind(new.created_at_ms)
-        .execute(self.db.pool())
+        .fetch_optional(self.db.pool())
         .await?;
+        if let Some(row) = stored {
+            return payment(&row);
+        }
         self.one(BY_ORDER, &new.order_id)
             .await?
-            .ok_or_else(|| Error::internal("a payment vanished right after it was stored"))
+            .ok_or_else(|| Error::internal("the order's payment exists but cannot be read"))
     }
 
     /// Moves the payment from `settle.from` to `settle.to` with its event; `None` when it was

@@ -192,19 +192,15 @@ impl SqlStore {
         Ok(Ok(reserved))
     }
 
-    /// Records the outcome; false when a concurrent call for the same order won.
-    async fn record(
+    /// Claims `order_id`'s reservation with `status` (and why, for a rejection); false when it
+    /// has one already, or a concurrent call for the same order took it first.
+    async fn claim(
         tx: &mut AnyConnection,
         order_id: &str,
-        outcome: &Result<Vec<ReservedLine>, Error>,
+        status: &str,
+        failure: Option<(&str, String)>,
     ) -> Result<bool, Error> {
-        let (status, code, message) = match outcome {
-            Ok(_) => ("reserved", None, None),
-            Err(error) => {
-                let (code, message) = rejection_to_columns(error);
-                ("rejected", Some(code), Some(message))
-            }
-        };
+        let (code, message) = failure.unzip();
         let inserted = sqlx::query(
             "INSERT INTO reservations (order_id, status, failure_code, failure_message,
                  created_at_ms)
@@ -218,10 +214,16 @@ impl SqlStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if inserted == 0 {
-            return Ok(false);
-        }
-        for line in outcome.iter().flatten() {
+        Ok(inserted == 1)
+    }
+
+    /// The lines a claimed reservation holds.
+    async fn record_lines(
+        tx: &mut AnyConnection,
+        order_id: &str,
+        lines: &[ReservedLine],
+    ) -> Result<(), Error> {
+        for line in lines {
             sqlx::query(
                 "INSERT INTO reservation_items (order_id, product_id, sku, name, quantity,
                      price_minor, currency)
@@ -237,7 +239,15 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
         }
-        Ok(true)
+        Ok(())
+    }
+
+    /// The outcome a concurrent or earlier call for `order_id` stored.
+    async fn stored_outcome(&self, order_id: &str) -> Result<Vec<ReservedLine>, Error> {
+        let mut conn = self.db.pool().acquire().await?;
+        Self::outcome(&mut conn, order_id)
+            .await?
+            .unwrap_or_else(|| Err(Error::internal("reservation vanished")))
     }
 }
 
@@ -370,26 +380,32 @@ impl ProductStore for SqlStore {
         lines: &'a [StockLine],
     ) -> BoxFuture<'a, Result<Vec<ReservedLine>, Error>> {
         Box::pin(async move {
+            // The reservation row first: a repeat (or a concurrent call, which waits on the
+            // row until this one ends) reads the first outcome instead of taking stock again.
             let mut tx = self.db.begin().await?;
-            if let Some(first) = Self::outcome(&mut tx, order_id).await? {
-                return first;
-            }
-            let outcome = Self::take(&mut tx, lines).await?;
-            if outcome.is_err() {
-                // Nothing taken stays taken; the rejection is remembered on its own.
+            if !Self::claim(&mut tx, order_id, "reserved", None).await? {
                 tx.rollback().await?;
-                tx = self.db.begin().await?;
+                return self.stored_outcome(order_id).await;
             }
-            let recorded = Self::record(&mut tx, order_id, &outcome).await?;
-            if !recorded {
-                tx.rollback().await?;
-                let mut conn = self.db.pool().acquire().await?;
-                return Self::outcome(&mut conn, order_id)
-                    .await?
-                    .unwrap_or_else(|| Err(Error::internal("reservation vanished")));
+            match Self::take(&mut tx, lines).await? {
+                Ok(reserved) => {
+                    Self::record_lines(&mut tx, order_id, &reserved).await?;
+                    tx.commit().await?;
+                    Ok(reserved)
+                }
+                Err(rejection) => {
+                    // Nothing taken stays taken; the rejection is remembered on its own.
+                    tx.rollback().await?;
+                    let mut tx = self.db.begin().await?;
+                    let failure = rejection_to_columns(&rejection);
+                    if !Self::claim(&mut tx, order_id, "rejected", Some(failure)).await? {
+                        tx.rollback().await?;
+                        return self.stored_outcome(order_id).await;
+                    }
+                    tx.commit().await?;
+                    Err(rejection)
+                }
             }
-            tx.commit().await?;
-            outcome
         })
     }
 
