@@ -47,6 +47,35 @@ impl From<super::EnvelopeError> for HandlerError {
 pub trait EventPublisher: Send + Sync {
     /// Returns once the event is safely with the bus (broker confirm for RabbitMQ).
     fn publish<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), BusError>>;
+
+    /// Publishes `envelopes` in their order: how many of them, from the first, are safely with
+    /// the bus, and the error that stopped the rest. One after the other unless the bus can
+    /// do better (RabbitMQ sends the whole batch, then waits for its confirms).
+    fn publish_in_order<'a>(&'a self, envelopes: &'a [&'a Envelope]) -> BoxFuture<'a, InOrder> {
+        Box::pin(async move {
+            for (confirmed, envelope) in envelopes.iter().enumerate() {
+                if let Err(error) = self.publish(envelope).await {
+                    return InOrder {
+                        confirmed,
+                        error: Some(error),
+                    };
+                }
+            }
+            InOrder {
+                confirmed: envelopes.len(),
+                error: None,
+            }
+        })
+    }
+}
+
+/// What [`EventPublisher::publish_in_order`] did.
+#[derive(Debug)]
+pub struct InOrder {
+    /// How many events, from the first, the bus has safely.
+    pub confirmed: usize,
+    /// Why the others were not (`None` when all were).
+    pub error: Option<BusError>,
 }
 
 pub trait EventHandler: Send + Sync + 'static {

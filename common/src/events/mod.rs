@@ -14,8 +14,8 @@ mod rabbit;
 mod topic;
 
 pub use bus::{
-    BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError, RetryPolicy,
-    Subscription,
+    BusError, DeadLetter, EventBus, EventHandler, EventPublisher, HandlerError, InOrder,
+    RetryPolicy, Subscription,
 };
 pub use envelope::{Envelope, EnvelopeError};
 pub use lag::report_lag;

@@ -104,6 +104,12 @@ macro_rules! bus_contract {
                 let Some(bus) = $make.await? else { return Ok(()) };
                 crate::suite::the_events_of_one_aggregate_are_handled_one_at_a_time_in_order(bus).await
             }
+
+            #[tokio::test]
+            async fn a_batch_is_confirmed_whole_and_arrives_in_its_order() -> anyhow::Result<()> {
+                let Some(bus) = $make.await? else { return Ok(()) };
+                crate::suite::a_batch_is_confirmed_whole_and_arrives_in_its_order(bus).await
+            }
         }
     };
 }

@@ -532,3 +532,35 @@ pub(crate) async fn the_events_of_one_aggregate_are_handled_one_at_a_time_in_ord
     stop.cancel();
     Ok(())
 }
+
+/// The outbox relay publishes a batch at a time (on RabbitMQ: every message sent before any
+/// confirm is awaited): all of it must be confirmed, and an order's events must arrive in the
+/// order of the batch.
+pub(crate) async fn a_batch_is_confirmed_whole_and_arrives_in_its_order(
+    bus: impl EventBus,
+) -> anyhow::Result<()> {
+    let prefix = unique_prefix();
+    let key = format!("{prefix}.order.created");
+    let handler = Arc::new(Recorder::default());
+    let name = consumer("batch");
+    let stop = subscribe(&bus, &name, &[&key], fast_retries(3), handler.clone()).await?;
+    let batch: Vec<Envelope> = (0..150)
+        .map(|_| order_created(&prefix, "order-1"))
+        .collect();
+    let envelopes: Vec<&Envelope> = batch.iter().collect();
+    let published = bus.publish_in_order(&envelopes).await;
+    assert!(published.error.is_none(), "{:?}", published.error);
+    assert_eq!(published.confirmed, batch.len());
+    until("the whole batch is applied", || {
+        handler.applied_ids().len() == batch.len()
+    })
+    .await?;
+    let sent: Vec<&str> = batch.iter().map(Envelope::id).collect();
+    assert_eq!(
+        handler.applied_ids(),
+        sent,
+        "applied out of the batch's order"
+    );
+    stop.cancel();
+    Ok(())
+}

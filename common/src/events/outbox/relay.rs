@@ -10,7 +10,7 @@ use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use tokio_util::sync::CancellationToken;
 
 use super::{Outbox, OutboxError};
-use crate::events::{BusError, EventPublisher};
+use crate::events::{BusError, Envelope, EventPublisher, InOrder};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -166,18 +166,19 @@ impl OutboxRelay {
 
     async fn pass(&self, publisher: &dyn EventPublisher) -> Result<Pass, PassError> {
         let batch = self.outbox.pending(self.config.batch_size).await?;
-        let mut published = Vec::with_capacity(batch.len());
-        let mut failure = None;
-        for event in &batch {
-            match publisher.publish(&event.envelope).await {
-                Ok(()) => published.push(event.seq),
-                Err(error) => {
-                    metrics().failures.with_label_values(&[&self.name]).inc();
-                    failure = Some(error);
-                    break;
-                }
-            }
+        let envelopes: Vec<&Envelope> = batch.iter().map(|event| &event.envelope).collect();
+        let InOrder {
+            confirmed,
+            error: failure,
+        } = publisher.publish_in_order(&envelopes).await;
+        if failure.is_some() {
+            metrics().failures.with_label_values(&[&self.name]).inc();
         }
+        let published: Vec<i64> = batch
+            .iter()
+            .take(confirmed)
+            .map(|event| event.seq)
+            .collect();
         if !published.is_empty() {
             self.outbox.mark_published(&published).await?;
             metrics()

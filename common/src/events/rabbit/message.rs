@@ -2,7 +2,7 @@
 //! failure reason, trace context), and a publish that waits for the broker's confirm.
 
 use lapin::{
-    BasicProperties, Channel, Confirmation,
+    BasicProperties, Channel, Confirmation, PublisherConfirm,
     message::Delivery,
     options::BasicPublishOptions,
     types::{AMQPValue, FieldTable, ShortString},
@@ -89,11 +89,24 @@ pub(super) async fn publish_confirmed(
     properties: BasicProperties,
     event_id: &str,
 ) -> Result<(), BusError> {
+    let confirm = send(channel, exchange, routing_key, payload, properties).await?;
+    confirmed(confirm, event_id).await
+}
+
+/// Hands the message to the connection, in the order of the calls; the broker's confirm comes
+/// later, through [`confirmed`].
+pub(super) async fn send(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, BusError> {
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
     };
-    let confirm = channel
+    channel
         .basic_publish(
             exchange.into(),
             routing_key.into(),
@@ -102,9 +115,12 @@ pub(super) async fn publish_confirmed(
             properties,
         )
         .await
-        .map_err(unavailable)?
-        .await
-        .map_err(unavailable)?;
+        .map_err(unavailable)
+}
+
+/// Waits for the broker's answer to a sent message; an unroutable return or a nack is a failure.
+pub(super) async fn confirmed(confirm: PublisherConfirm, event_id: &str) -> Result<(), BusError> {
+    let confirm = confirm.await.map_err(unavailable)?;
     let not_confirmed = |reason: &str| BusError::NotConfirmed {
         event_id: event_id.to_owned(),
         reason: reason.to_owned(),

@@ -6,6 +6,7 @@
 
 mod consume;
 mod dead_letters;
+mod in_order;
 mod message;
 mod topology;
 
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use super::{
-    BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, Subscription,
+    BusError, DeadLetter, Envelope, EventBus, EventHandler, EventPublisher, InOrder, Subscription,
     handling::{self, Carried},
     metrics::events as metrics,
 };
@@ -106,6 +107,10 @@ impl EventPublisher for RabbitBus {
     fn publish<'a>(&'a self, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), BusError>> {
         let (span, carried) = handling::publishing(SYSTEM, envelope);
         Box::pin(self.publish_carrying(envelope, carried).instrument(span))
+    }
+
+    fn publish_in_order<'a>(&'a self, envelopes: &'a [&'a Envelope]) -> BoxFuture<'a, InOrder> {
+        Box::pin(self.publish_batch(envelopes))
     }
 }
 
