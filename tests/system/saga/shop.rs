@@ -63,6 +63,8 @@ pub(crate) struct Shop {
     payment: Option<Running>,
     bus: Arc<dyn EventBus>,
     vhost: Option<String>,
+    /// The PostgreSQL server and this test's databases on it, dropped with the shop.
+    pg_databases: Option<(String, Vec<String>)>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -118,6 +120,7 @@ impl Shop {
     pub(crate) async fn start(backend: Backend) -> anyhow::Result<Option<Self>> {
         let dir = tempfile::tempdir()?;
         let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut pg_databases = None;
         let (databases, bus, vhost): (Vec<String>, Arc<dyn EventBus>, _) = match backend {
             Backend::Embedded => {
                 let file = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
@@ -138,10 +141,13 @@ impl Shop {
                     return Ok(None);
                 };
                 let mut databases = Vec::new();
+                let mut names = Vec::new();
                 for service in ["user", "product", "order", "payment"] {
-                    databases
-                        .push(database_on(&server, &format!("test_saga_{run}_{service}")).await?);
+                    let name = format!("test_saga_{run}_{service}");
+                    databases.push(database_on(&server, &name).await?);
+                    names.push(name);
                 }
+                pg_databases = Some((server.clone(), names));
                 let vhost = format!("test-saga-{run}");
                 add_vhost(&vhost).await?;
                 let mut url = url::Url::parse(&amqp)?;
@@ -206,6 +212,7 @@ impl Shop {
             payment: None,
             bus,
             vhost,
+            pg_databases,
             shutdown,
             tasks,
             _dir: dir,
@@ -453,6 +460,19 @@ impl Drop for Shop {
             let _ = std::process::Command::new("rabbitmqctl")
                 .args(["delete_vhost", &vhost])
                 .output();
+        }
+        if let Some((server, names)) = self.pg_databases.take() {
+            // Best effort too, but each test's four databases (some 30 MB) would otherwise stay
+            // on the developer's server; FORCE ends the aborted services' connections.
+            for name in names {
+                let _ = std::process::Command::new("psql")
+                    .args([
+                        &server,
+                        "-qc",
+                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                    ])
+                    .output();
+            }
         }
     }
 }
