@@ -11,6 +11,13 @@ use crate::events::{BusError, Envelope, InOrder, handling, metrics::events as me
 
 impl RabbitBus {
     pub(super) async fn publish_batch(&self, envelopes: &[&Envelope]) -> InOrder {
+        if envelopes.is_empty() {
+            // Nothing to send: no reason to need the broker (an idle relay passes often).
+            return InOrder {
+                confirmed: 0,
+                error: None,
+            };
+        }
         let deadline = tokio::time::Instant::now() + PUBLISH_DEADLINE;
         let channel = match self.publishing_channel().await {
             Ok(channel) => channel,
