@@ -147,7 +147,12 @@ async fn run(server: &str, amqp: &str, settings: Settings) -> anyhow::Result<Rep
 
     let users = shoppers::lazy(deployment.grpc_addr("user-service"))?;
     let admin = shoppers::login(users.clone(), &deployment.admin.0, &deployment.admin.1).await?;
-    let stock_each = 400;
+    // Shoppers go on until `orders` are accepted, and an order takes at most 2 of a product:
+    // with less stock than that, a long run ends in refusals until its time limit (the 5,000
+    // orders of scripts/chaos.sh never finished on 400 each).
+    let stock_each = i32::try_from(settings.orders.saturating_mul(2))
+        .unwrap_or(i32::MAX)
+        .max(400);
     let products = shoppers::products(
         shoppers::lazy(deployment.grpc_addr("product-service"))?,
         &admin,
