@@ -285,20 +285,49 @@ pub async fn database_on(server_url: &str, name: &str) -> Result<String, Storage
     Ok(url.to_string())
 }
 
-/// A database error as the client should see it: the database not answering is UNAVAILABLE
-/// (worth a retry), anything else INTERNAL. Unique violations are the caller's to translate
+/// A database error as the client should see it: one a retry may get past is UNAVAILABLE (see
+/// [`is_transient`]), anything else INTERNAL. Unique violations are the caller's to translate
 /// first (see [`is_unique_violation`]), so `?` on a store call does the rest.
 impl From<sqlx::Error> for crate::Error {
     fn from(error: sqlx::Error) -> Self {
-        match &error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::unavailable("database", error),
-            _ => Self::internal(error),
+        if is_transient(&error) {
+            Self::unavailable("database", error)
+        } else {
+            Self::internal(error)
         }
     }
 }
+
+/// Whether a retry may get past `error`: the database did not answer or the connection broke;
+/// on PostgreSQL also a lost connection (class 08), a session ended by the server, a shutdown
+/// or a cancelled statement (class 57, `pg_terminate_backend` among them), too many connections
+/// (53300), and a transaction given up to a concurrent one (40001, 40P01); on SQLite a busy or
+/// locked database. Event handlers retry these instead of dead-lettering the event: a release
+/// of stock whose session was terminated went to the dead-letter queue, and its stock with it.
+pub fn is_transient(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            if code.len() == 5 {
+                // PostgreSQL's SQLSTATE: always five characters.
+                code.starts_with("08")
+                    || code.starts_with("57")
+                    || matches!(code.as_ref(), "53300" | "40001" | "40P01")
+            } else {
+                // SQLite's result code, extended: the primary code is its low byte.
+                code.parse::<u32>()
+                    .is_ok_and(|n| matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED))
+            }
+        }),
+        _ => false,
+    }
+}
+
+const SQLITE_BUSY: u32 = 5;
+const SQLITE_LOCKED: u32 = 6;
 
 /// An outbox failure, translated like a database error.
 impl From<OutboxError> for crate::Error {
@@ -339,6 +368,38 @@ mod tests {
         assert_eq!(
             error.map(|e| e.setting),
             Some("ORDER_DATABASE_URL".to_owned())
+        );
+    }
+
+    /// A session the server ends (the chaos suite's `pg-terminate-backend`) is worth a retry,
+    /// a statement the server refuses is not; on this machine's PostgreSQL when `DATABASE_URL`
+    /// is set.
+    #[tokio::test]
+    async fn a_terminated_session_is_unavailable_and_a_bad_statement_internal() {
+        let Ok(url) = std::env::var("DATABASE_URL") else {
+            eprintln!("skipped: DATABASE_URL is not set");
+            return;
+        };
+        let mut conn = PgConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let refused = sqlx::query("SELECT no_such_column FROM pg_database")
+            .execute(&mut conn)
+            .await
+            .err()
+            .map(crate::Error::from);
+        assert!(
+            matches!(refused, Some(crate::Error::Internal(_))),
+            "{refused:?}"
+        );
+        let terminated = sqlx::query("SELECT pg_terminate_backend(pg_backend_pid())")
+            .execute(&mut conn)
+            .await
+            .err()
+            .map(crate::Error::from);
+        assert!(
+            matches!(terminated, Some(crate::Error::Unavailable { .. })),
+            "{terminated:?}"
         );
     }
 
