@@ -461,9 +461,12 @@ impl Drop for Shop {
                 .args(["delete_vhost", &vhost])
                 .output();
         }
-        if let Some((server, names)) = self.pg_databases.take() {
-            // Best effort too, but each test's four databases (some 30 MB) would otherwise stay
-            // on the developer's server; FORCE ends the aborted services' connections.
+        // Kept after a failed assertion, for the post-mortem; otherwise each test's four
+        // databases (some 30 MB) would stay on the developer's server. FORCE ends the aborted services'
+        // connections.
+        if !std::thread::panicking()
+            && let Some((server, names)) = self.pg_databases.take()
+        {
             for name in names {
                 let _ = std::process::Command::new("psql")
                     .args([
