@@ -368,9 +368,10 @@ async fn counted_as_cancelled(how: GoesAway, instead_of: &str) -> anyhow::Result
         count(&before, instead_of),
         "the call ({how:?}) was counted as {instead_of}"
     );
-    assert_eq!(
-        count(&after, "Canceled"),
-        count(&before, "Canceled") + 1.0,
+    // At least: the counters are the process's, and another test of this binary may cancel a
+    // health check of its own order- or payment-service meanwhile (CI saw 2 once).
+    assert!(
+        count(&after, "Canceled") >= count(&before, "Canceled") + 1.0,
         "the call ({how:?}) was not counted as Canceled"
     );
     Ok(())
