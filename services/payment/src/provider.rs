@@ -7,7 +7,7 @@ use std::{
     fs::{File, OpenOptions},
     io::{BufRead as _, BufReader, Write as _},
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Mutex,
 };
 
 use shop_common::BoxFuture;
@@ -51,7 +51,7 @@ pub trait PaymentProvider: Send + Sync {
 /// other token is declined as `invalid_payment_method`.
 #[derive(Debug, Default)]
 pub struct Simulator {
-    state: Arc<Mutex<Ledger>>,
+    state: Mutex<Ledger>,
 }
 
 /// A provider remembers its charges whatever happens to its callers: with a ledger file the
@@ -122,7 +122,7 @@ impl Simulator {
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         ledger.file = Some(LedgerFile(file));
         Ok(Self {
-            state: Arc::new(Mutex::new(ledger)),
+            state: Mutex::new(ledger),
         })
     }
 
@@ -135,25 +135,8 @@ impl Simulator {
         }
     }
 
-    /// Runs `work` on the ledger on a blocking thread: with a file, it waits for the disk, which
-    /// must not stall the async workers every other call shares.
-    async fn with_ledger<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut Ledger) -> Result<T, ChargeError> + Send + 'static,
-    ) -> Result<T, ChargeError> {
-        let state = Arc::clone(&self.state);
-        tokio::task::spawn_blocking(move || {
-            let mut ledger = state.lock().unwrap_or_else(|e| e.into_inner());
-            work(&mut ledger)
-        })
-        .await
-        .unwrap_or_else(|e| Err(ChargeError::Transient(format!("simulator: {e}"))))
-    }
-}
-
-impl Ledger {
-    fn attempt(&mut self, key: &str, amount_minor: i64, currency: &str, token: &str) -> Attempt {
-        let ledger = self;
+    fn attempt(&self, key: &str, amount_minor: i64, currency: &str, token: &str) -> Attempt {
+        let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let attempts = {
             let n = ledger.attempts.entry(key.to_owned()).or_insert(0);
             *n += 1;
@@ -188,18 +171,6 @@ impl Ledger {
         );
         Attempt::Done(Ok(reference))
     }
-
-    fn refund(&mut self, reference: &str) -> Result<(), ChargeError> {
-        let charge = self.charges.values_mut().find(|c| c.0 == reference);
-        match charge {
-            Some(charge) if charge.3 => Ok(()),
-            Some(charge) => {
-                charge.3 = true;
-                self.record(&format!("refund {reference}"))
-            }
-            None => Err(ChargeError::Declined(format!("no charge {reference}"))),
-        }
-    }
 }
 
 enum Attempt {
@@ -215,22 +186,27 @@ impl PaymentProvider for Simulator {
         currency: &'a str,
         token: &'a str,
     ) -> BoxFuture<'a, Result<String, ChargeError>> {
-        let (key, currency, token) = (key.to_owned(), currency.to_owned(), token.to_owned());
         Box::pin(async move {
-            let attempt = self.with_ledger(move |ledger| {
-                Ok(ledger.attempt(&key, amount_minor, &currency, &token))
-            });
-            match attempt.await {
-                Ok(Attempt::Done(outcome)) => outcome,
-                Ok(Attempt::Hang) => std::future::pending().await,
-                Err(error) => Err(error),
+            match self.attempt(key, amount_minor, currency, token) {
+                Attempt::Done(outcome) => outcome,
+                Attempt::Hang => std::future::pending().await,
             }
         })
     }
 
     fn refund<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ChargeError>> {
-        let reference = reference.to_owned();
-        Box::pin(self.with_ledger(move |ledger| ledger.refund(&reference)))
+        Box::pin(async move {
+            let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let charge = ledger.charges.values_mut().find(|c| c.0 == reference);
+            match charge {
+                Some(charge) if charge.3 => Ok(()),
+                Some(charge) => {
+                    charge.3 = true;
+                    ledger.record(&format!("refund {reference}"))
+                }
+                None => Err(ChargeError::Declined(format!("no charge {reference}"))),
+            }
+        })
     }
 }
 
