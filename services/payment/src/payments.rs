@@ -3,7 +3,13 @@
 //! payment, settle each outcome with the event that announces it, and show payments to whom
 //! they belong. Every provider call goes through the provider's circuit breaker, with a timeout.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use shop_common::{
     Error,
@@ -36,6 +42,13 @@ pub(crate) struct Payments {
     pub(crate) breaker: Breaker,
 }
 
+/// How the attempts at a charge ended: the provider's reference or why not, and whether any
+/// of them reached the provider (the breaker refuses calls without asking it).
+struct Charged {
+    outcome: Result<String, String>,
+    asked_provider: bool,
+}
+
 /// Why a charge failed when the provider was never asked: its breaker is open. Transient, like
 /// the provider's own word for being down, so the order is cancelled as it would be after the
 /// provider failed every attempt, and nothing is charged.
@@ -51,15 +64,17 @@ fn money(payment: &Payment) -> Option<Money> {
 impl Payments {
     /// Charges an order once. A payment already settled is left alone (a redelivered event);
     /// one still pending (the service stopped mid-charge) is charged again with its key, which
-    /// the provider treats as the same charge.
+    /// the provider treats as the same charge, and fails only on the provider's word: while
+    /// its breaker refuses every call, UNAVAILABLE (the event is retried later).
     pub(crate) async fn charge_order(&self, order: &OrderCreated) -> Result<Payment, Error> {
         let due = amount_due(order);
         let (amount_minor, currency) = due.as_ref().map_or((0, String::new()), Clone::clone);
         let now = now_ms();
+        let new_id = uuid::Uuid::new_v4().to_string();
         let payment = self
             .store
             .open(&Payment {
-                id: uuid::Uuid::new_v4().to_string(),
+                id: new_id.clone(),
                 order_id: order.order_id.clone(),
                 user_id: order.user_id.clone(),
                 amount_minor,
@@ -74,8 +89,26 @@ impl Payments {
         if payment.status != Status::Pending {
             return Ok(payment);
         }
+        // Pending before this delivery: an earlier one was charging it and stopped before it
+        // settled (killed, or its database went away), so the provider may hold the charge.
+        let inherited = payment.id != new_id;
         let outcome = match due {
-            Ok(_) => self.charge(&payment, &order.payment_method_token).await,
+            Ok(_) => {
+                let charged = self.charge(&payment, &order.payment_method_token).await;
+                if inherited && charged.outcome.is_err() && !charged.asked_provider {
+                    // Only the provider can tell whether that earlier attempt charged: settling
+                    // it failed on the breaker's word would cancel an order whose money was
+                    // taken. It stays pending; the event comes back after a while.
+                    return Err(Error::unavailable(
+                        "payment provider",
+                        format!(
+                            "payment {} may have been charged by an earlier attempt, and the provider's circuit breaker refused every call of this one; it stays pending until the provider answers",
+                            payment.id
+                        ),
+                    ));
+                }
+                charged.outcome
+            }
             Err(refusal) => {
                 tracing::warn!(order_id = %order.order_id, %refusal, "order amounts do not add up");
                 Err("amount_mismatch".to_owned())
@@ -92,16 +125,32 @@ impl Payments {
         skip_all,
         fields(otel.kind = "client", payment_id = %payment.id, amount_minor = payment.amount_minor)
     )]
-    async fn charge(&self, payment: &Payment, token: &str) -> Result<String, String> {
-        self.retry
-            .run(|_| self.attempt(payment, token), ChargeError::is_transient)
+    async fn charge(&self, payment: &Payment, token: &str) -> Charged {
+        let asked_provider = AtomicBool::new(false);
+        let outcome = self
+            .retry
+            .run(
+                |_| self.attempt(payment, token, &asked_provider),
+                ChargeError::is_transient,
+            )
             .await
-            .map_err(|(ChargeError::Declined(reason) | ChargeError::Transient(reason))| reason)
+            .map_err(|(ChargeError::Declined(reason) | ChargeError::Transient(reason))| reason);
+        Charged {
+            outcome,
+            asked_provider: asked_provider.into_inner(),
+        }
     }
 
-    /// One charge call through the breaker, its outcome counted.
-    async fn attempt(&self, payment: &Payment, token: &str) -> Result<String, ChargeError> {
+    /// One charge call through the breaker, its outcome counted; `asked_provider` is set when
+    /// the breaker let it through.
+    async fn attempt(
+        &self,
+        payment: &Payment,
+        token: &str,
+        asked_provider: &AtomicBool,
+    ) -> Result<String, ChargeError> {
         let call = async {
+            asked_provider.store(true, Ordering::Relaxed);
             let charge =
                 self.provider
                     .charge(&payment.id, payment.amount_minor, &payment.currency, token);

@@ -76,7 +76,9 @@ impl Ledger {
         let Some(LedgerFile(file)) = &mut self.file else {
             return Ok(());
         };
-        writeln!(file, "{line}")
+        // One write for the line and its end: a process killed between two writes would leave
+        // a line without its end, and the next one would be appended to it.
+        file.write_all(format!("{line}\n").as_bytes())
             .and_then(|()| file.sync_data())
             .map_err(|e| ChargeError::Transient(format!("simulator ledger: {e}")))
     }
@@ -197,12 +199,20 @@ impl PaymentProvider for Simulator {
     fn refund<'a>(&'a self, reference: &'a str) -> BoxFuture<'a, Result<(), ChargeError>> {
         Box::pin(async move {
             let mut ledger = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            let charge = ledger.charges.values_mut().find(|c| c.0 == reference);
-            match charge {
-                Some(charge) if charge.3 => Ok(()),
-                Some(charge) => {
-                    charge.3 = true;
-                    ledger.record(&format!("refund {reference}"))
+            let refunded = ledger
+                .charges
+                .values()
+                .find(|c| c.0 == reference)
+                .map(|c| c.3);
+            match refunded {
+                Some(true) => Ok(()),
+                Some(false) => {
+                    // Refunded once it is on disk: a refund that could not be written is not.
+                    ledger.record(&format!("refund {reference}"))?;
+                    if let Some(charge) = ledger.charges.values_mut().find(|c| c.0 == reference) {
+                        charge.3 = true;
+                    }
+                    Ok(())
                 }
                 None => Err(ChargeError::Declined(format!("no charge {reference}"))),
             }

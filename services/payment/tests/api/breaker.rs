@@ -14,6 +14,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{Switch, await_metric, metric, spawn_app};
 
+/// The breaker's metrics are the process's: its tests take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const BREAKER: [(&str, &str); 2] = [
     ("service", "payment-service"),
     ("dependency", "payment_provider"),
@@ -30,6 +33,7 @@ fn transitions(to: &str) -> Option<f64> {
 #[tokio::test]
 async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_again()
 -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let provider = Arc::new(Switch::default());
     let app = spawn_app(provider.clone(), |config| {
         config.provider_timeout = Duration::from_millis(200);
@@ -42,6 +46,8 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
     })
     .await?;
     assert_eq!(metric("circuit_breaker_state", &BREAKER), Some(0.0));
+    let before = |to| transitions(to).unwrap_or(0.0);
+    let (opened, half_opened, closed) = (before("open"), before("half_open"), before("closed"));
 
     // Both attempts of the first order time out: the second failure in a row opens the
     // breaker, and the payment fails as it did before there were breakers.
@@ -53,7 +59,7 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
     );
     assert_eq!(provider.calls(), 2);
     assert_eq!(metric("circuit_breaker_state", &BREAKER), Some(1.0));
-    assert_eq!(transitions("open"), Some(1.0));
+    assert_eq!(transitions("open"), Some(opened + 1.0));
 
     // While it is open an order fails at once, the provider never asked: no charge can
     // happen, and the saga cancels the order as it does for a provider that is down.
@@ -98,10 +104,83 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
     );
     assert_eq!(provider.calls(), 3, "one probe, which charged");
     assert_eq!(metric("circuit_breaker_state", &BREAKER), Some(0.0));
-    assert_eq!(transitions("half_open"), Some(1.0));
-    assert_eq!(transitions("closed"), Some(1.0));
+    assert_eq!(transitions("half_open"), Some(half_opened + 1.0));
+    assert_eq!(transitions("closed"), Some(closed + 1.0));
     assert_eq!(app.health("").await?, ServingStatus::Serving);
     assert_eq!(app.health(LIVENESS).await?, ServingStatus::Serving);
+    app.stop().await
+}
+
+/// An earlier delivery of `order.created` charged the card and stopped before it settled the
+/// payment (its process was killed, or its database went away): the payment is pending and the
+/// provider holds the charge. When the event comes back while the breaker is open, no attempt
+/// reaches the provider; settling the payment failed then would cancel an order whose money was
+/// taken (the chaos suite caught one such order). It stays pending, the event is retried, and
+/// once the breaker lets a call through the provider answers with the charge it holds.
+#[tokio::test]
+async fn a_payment_left_pending_is_not_failed_on_the_breakers_word() -> anyhow::Result<()> {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let provider = Arc::new(Switch::default());
+    let app = spawn_app(provider.clone(), |config| {
+        config.provider_timeout = Duration::from_millis(200);
+        config.charge_attempts = 2;
+        config.retry_delay = Duration::from_millis(10);
+        config.retry_max_delay = Duration::from_millis(10);
+        config.provider_breaker_failures = 2;
+        config.provider_breaker_open_for = Duration::from_secs(4);
+        config.provider_breaker_open_max = Duration::from_secs(4);
+    })
+    .await?;
+    let pending_order = uuid::Uuid::new_v4().to_string();
+    let payment_id = uuid::Uuid::new_v4().to_string();
+    let db = sqlx::sqlite::SqlitePool::connect(&app.database).await?;
+    sqlx::query(
+        "INSERT INTO payments (payment_id, order_id, user_id, amount_minor, currency, status,
+             failure_reason, provider_reference, created_at_ms, updated_at_ms)
+         VALUES ($1, $2, 'a-customer', 1000, 'EUR', 'pending', '', '', 0, 0)",
+    )
+    .bind(&payment_id)
+    .bind(&pending_order)
+    .execute(&db)
+    .await?;
+
+    // The provider stops answering: another order's two attempts time out, the breaker opens.
+    let first = app.place_order().await?;
+    assert_eq!(
+        app.next_outcome().await?,
+        (
+            PaymentFailed::TYPE.to_owned(),
+            first,
+            "provider_timeout".to_owned()
+        )
+    );
+    assert_eq!(metric("circuit_breaker_state", &BREAKER), Some(1.0));
+    let calls = provider.calls();
+
+    // It answers again, but the breaker stays open for 4 s: the pending payment's event comes
+    // back meanwhile, and is settled only by the provider's answer once a call goes through.
+    provider.bring_up();
+    app.announce_order(&pending_order).await?;
+    assert_eq!(
+        app.next_outcome().await?,
+        (
+            PaymentSucceeded::TYPE.to_owned(),
+            pending_order,
+            String::new()
+        )
+    );
+    assert_eq!(provider.calls(), calls + 1, "asked once, by the probe");
+    let (status, reference): (String, String) =
+        sqlx::query_as("SELECT status, provider_reference FROM payments WHERE payment_id = $1")
+            .bind(&payment_id)
+            .fetch_one(&db)
+            .await?;
+    assert_eq!(
+        (status.as_str(), reference),
+        ("succeeded", format!("ch_{payment_id}")),
+        "the payment the earlier delivery opened, with the provider's charge"
+    );
+    db.close().await;
     app.stop().await
 }
 

@@ -93,6 +93,8 @@ pub(crate) struct App {
     outcomes: Mutex<mpsc::UnboundedReceiver<Envelope>>,
     stop: CancellationToken,
     task: JoinHandle<anyhow::Result<()>>,
+    /// The service's SQLite database, for what a test reads or leaves there itself.
+    pub(crate) database: String,
     _dir: tempfile::TempDir,
 }
 
@@ -107,7 +109,7 @@ pub(crate) async fn spawn_app(
     let addr: SocketAddr = listener.local_addr()?;
     let database = format!("sqlite://{}", dir.path().join("payment.db").display());
     // No user-service: nothing here needs a token, and its key fetches may fail.
-    let mut config = Config::local(addr, database, "http://127.0.0.1:1".to_owned());
+    let mut config = Config::local(addr, database.clone(), "http://127.0.0.1:1".to_owned());
     tune(&mut config);
     let bus = Arc::new(InProcessBus::new());
     let (sender, outcomes) = mpsc::unbounded_channel();
@@ -138,6 +140,7 @@ pub(crate) async fn spawn_app(
         outcomes: Mutex::new(outcomes),
         stop,
         task,
+        database,
         _dir: dir,
     };
     app.await_health("", ServingStatus::Serving, Duration::from_secs(30))
@@ -149,12 +152,18 @@ impl App {
     /// Publishes `order.created` for a new order of 1 000 minor units; returns the order id.
     pub(crate) async fn place_order(&self) -> anyhow::Result<String> {
         let order_id = uuid::Uuid::new_v4().to_string();
+        self.announce_order(&order_id).await?;
+        Ok(order_id)
+    }
+
+    /// Publishes `order.created` for order `order_id` of 1 000 minor units.
+    pub(crate) async fn announce_order(&self, order_id: &str) -> anyhow::Result<()> {
         let price = Money {
             amount_minor: 1_000,
             currency: "EUR".to_owned(),
         };
         let order = OrderCreated {
-            order_id: order_id.clone(),
+            order_id: order_id.to_owned(),
             user_id: uuid::Uuid::new_v4().to_string(),
             lines: vec![OrderLine {
                 product_id: uuid::Uuid::new_v4().to_string(),
@@ -168,7 +177,7 @@ impl App {
         self.bus
             .publish(&Envelope::new("order-service", &order))
             .await?;
-        Ok(order_id)
+        Ok(())
     }
 
     /// The next payment outcome announced, as (event type, order id, failure reason).
