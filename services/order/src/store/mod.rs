@@ -57,7 +57,7 @@ pub(crate) struct ListFilter {
 
 #[cfg(test)]
 mod tests {
-    use shop_common::{events::Envelope, storage::Db};
+    use shop_common::{events::Envelope, paging::Cursor, storage::Db};
 
     use super::*;
     use crate::domain::{Address, Item, Status};
@@ -175,6 +175,59 @@ mod tests {
         assert!(
             store.get("o1").await.ok().flatten().is_none(),
             "no order without stock"
+        );
+    }
+
+    /// Orders come with their own lines, newest first, a page of `limit` orders (not rows).
+    #[tokio::test]
+    async fn listed_orders_carry_their_own_lines_page_by_page() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = store(&dir).await;
+        let lines = |id: &str, count: usize| -> Vec<Item> {
+            (0..count)
+                .map(|n| Item {
+                    product_id: format!("{id}-p{n}"),
+                    quantity: i32::try_from(n + 1).unwrap_or(1),
+                    ..order(id).items[0].clone()
+                })
+                .collect()
+        };
+        for (at, (id, count)) in [("o1", 2), ("o2", 3), ("o3", 1)].into_iter().enumerate() {
+            let mut new = order(id);
+            new.items = lines(id, count);
+            new.created_at_ms = i64::try_from(at).unwrap_or(0) + 1;
+            store
+                .begin_checkout(id)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let placed = store.place(&new, &created(id)).await;
+            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+        }
+        let filter = ListFilter::default();
+        let first = store.list(&filter, None, 2).await.unwrap_or_default();
+        let seen: Vec<(&str, Vec<Item>)> = first
+            .iter()
+            .map(|o| (o.id.as_str(), o.items.clone()))
+            .collect();
+        assert_eq!(seen, [("o3", lines("o3", 1)), ("o2", lines("o2", 3))]);
+
+        let after = Cursor {
+            created_at_ms: first[1].created_at_ms,
+            id: first[1].id.clone(),
+        };
+        let rest = store
+            .list(&filter, Some(&after), 2)
+            .await
+            .unwrap_or_default();
+        let seen: Vec<(&str, Vec<Item>)> = rest
+            .iter()
+            .map(|o| (o.id.as_str(), o.items.clone()))
+            .collect();
+        assert_eq!(seen, [("o1", lines("o1", 2))]);
+        assert_eq!(
+            store.get("o2").await.ok().flatten().map(|o| o.items),
+            Some(lines("o2", 3)),
+            "one order read alone has the same lines"
         );
     }
 

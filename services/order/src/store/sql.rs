@@ -60,41 +60,64 @@ fn order(row: &AnyRow, items: Vec<Item>) -> Result<Order, Error> {
     })
 }
 
-async fn items(conn: &mut AnyConnection, order_id: &str) -> Result<Vec<Item>, Error> {
-    let rows = sqlx::query(
-        "SELECT product_id, sku, name, quantity, unit_price_minor, currency
-         FROM order_items WHERE order_id = $1 ORDER BY product_id",
-    )
-    .bind(order_id)
-    .fetch_all(&mut *conn)
-    .await?;
-    let items = rows
-        .iter()
-        .map(|row| {
-            Ok(Item {
-                product_id: row.try_get("product_id")?,
-                sku: row.try_get("sku")?,
-                name: row.try_get("name")?,
-                quantity: row.try_get("quantity")?,
-                unit_price_minor: row.try_get("unit_price_minor")?,
-                currency: row.try_get("currency")?,
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?;
-    Ok(items)
+/// An order's lines, joined to it under names of their own, and the columns that read them:
+/// the statements that read orders read their lines with them.
+macro_rules! lines_joined {
+    () => {
+        "LEFT JOIN (
+             SELECT order_id AS item_order_id, product_id AS item_product_id, sku AS item_sku,
+                 name AS item_name, quantity AS item_quantity,
+                 unit_price_minor AS item_unit_price_minor, currency AS item_currency
+             FROM order_items) AS lines ON item_order_id = order_id"
+    };
+}
+macro_rules! line_columns {
+    () => {
+        ", item_product_id, item_sku, item_name, item_quantity, item_unit_price_minor, item_currency"
+    };
 }
 
-/// The order and its lines in one statement: the lines are joined under names of their own.
+/// The line a joined row carries; none for an order without lines.
+fn line(row: &AnyRow) -> Result<Option<Item>, sqlx::Error> {
+    let Some(product_id) = row.try_get::<Option<String>, _>("item_product_id")? else {
+        return Ok(None);
+    };
+    Ok(Some(Item {
+        product_id,
+        sku: row.try_get("item_sku")?,
+        name: row.try_get("item_name")?,
+        quantity: row.try_get("item_quantity")?,
+        unit_price_minor: row.try_get("item_unit_price_minor")?,
+        currency: row.try_get("item_currency")?,
+    }))
+}
+
+/// The orders of rows that carry one line each, an order's rows next to each other.
+fn orders_of(rows: &[AnyRow]) -> Result<Vec<Order>, Error> {
+    let mut orders = Vec::new();
+    let mut lines = Vec::new();
+    for (at, row) in rows.iter().enumerate() {
+        lines.extend(line(row)?);
+        let id: &str = row.try_get("order_id")?;
+        let next_id = rows
+            .get(at + 1)
+            .map(|next| next.try_get::<&str, _>("order_id"))
+            .transpose()?;
+        if next_id != Some(id) {
+            orders.push(order(row, std::mem::take(&mut lines))?);
+        }
+    }
+    Ok(orders)
+}
+
+/// The order and its lines in one statement.
 const LOAD: &str = concat!(
     "SELECT ",
     order_columns!(),
-    ", item_product_id, item_sku, item_name, item_quantity, item_unit_price_minor, item_currency
-     FROM orders LEFT JOIN (
-         SELECT order_id AS item_order_id, product_id AS item_product_id, sku AS item_sku,
-             name AS item_name, quantity AS item_quantity,
-             unit_price_minor AS item_unit_price_minor, currency AS item_currency
-         FROM order_items) AS lines ON item_order_id = order_id
-     WHERE order_id = $1 ORDER BY item_product_id"
+    line_columns!(),
+    " FROM orders ",
+    lines_joined!(),
+    " WHERE order_id = $1 ORDER BY item_product_id"
 );
 
 async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>, Error> {
@@ -102,24 +125,7 @@ async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>,
         .bind(order_id)
         .fetch_all(&mut *conn)
         .await?;
-    let Some(first) = rows.first() else {
-        return Ok(None);
-    };
-    let mut lines = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let Some(product_id) = row.try_get::<Option<String>, _>("item_product_id")? else {
-            continue;
-        };
-        lines.push(Item {
-            product_id,
-            sku: row.try_get("item_sku")?,
-            name: row.try_get("item_name")?,
-            quantity: row.try_get("item_quantity")?,
-            unit_price_minor: row.try_get("item_unit_price_minor")?,
-            currency: row.try_get("item_currency")?,
-        });
-    }
-    Ok(Some(order(first, lines)?))
+    Ok(orders_of(&rows)?.pop())
 }
 
 /// The order and its lines; a unique violation means its key was taken.
@@ -320,29 +326,27 @@ impl OrderStore {
     ) -> Result<Vec<Order>, Error> {
         // Newest first: "after" the cursor means older than it.
         let (at, id) = after.map_or((i64::MAX, ""), |c| (c.created_at_ms, c.id.as_str()));
-        let mut conn = self.db.pool().acquire().await?;
         let rows = sqlx::query(concat!(
             "SELECT ",
             order_columns!(),
+            line_columns!(),
+            " FROM (SELECT ",
+            order_columns!(),
             " FROM orders
-             WHERE (created_at_ms < $1 OR (created_at_ms = $1 AND order_id < $2))
-               AND ($3 = '' OR user_id = $3) AND ($4 = '' OR status = $4)
-             ORDER BY created_at_ms DESC, order_id DESC LIMIT $5"
+                 WHERE (created_at_ms < $1 OR (created_at_ms = $1 AND order_id < $2))
+                   AND ($3 = '' OR user_id = $3) AND ($4 = '' OR status = $4)
+                 ORDER BY created_at_ms DESC, order_id DESC LIMIT $5) AS page ",
+            lines_joined!(),
+            " ORDER BY created_at_ms DESC, order_id DESC, item_product_id"
         ))
         .bind(at)
         .bind(id)
         .bind(filter.user_id.as_deref().unwrap_or(""))
         .bind(filter.status.map_or("", Status::as_str))
         .bind(i64::from(limit))
-        .fetch_all(&mut *conn)
+        .fetch_all(self.db.pool())
         .await?;
-        let mut orders = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let id: String = row.try_get("order_id")?;
-            let items = items(&mut conn, &id).await?;
-            orders.push(order(row, items)?);
-        }
-        Ok(orders)
+        orders_of(&rows)
     }
 
     /// Reads the order, lets `decide` choose a change, and applies it with its events, all in
