@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use sqlx::{AnyConnection, Row as _};
+use sqlx::{Any, AnyConnection, Row as _, any::AnyArguments, query::Query};
 
 use super::{Backlog, OutboxError, PendingEvent};
 use crate::{
@@ -65,20 +65,31 @@ pub(crate) async fn install(db: &Db) -> Result<(), OutboxError> {
     Ok(())
 }
 
+/// The outbox's columns for one event, for a statement that appends it along with other writes
+/// (PostgreSQL's data-modifying `WITH`); [`bind_event`] binds their values in this order.
+pub const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, envelope, created_at_ms";
+
+/// Binds the values of [`EVENT_COLUMNS`] for `envelope` to the next five placeholders.
+pub fn bind_event<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    envelope: &Envelope,
+) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(envelope.id().to_owned())
+        .bind(envelope.event_type().to_owned())
+        .bind(envelope.0.aggregate_id.clone())
+        .bind(envelope.encode())
+        .bind(now_ms())
+}
+
 /// Appends `envelope` inside the caller's transaction; after committing, the caller calls
 /// [`Db::events_committed`].
 pub async fn append(conn: &mut AnyConnection, envelope: &Envelope) -> Result<(), OutboxError> {
-    sqlx::query(
+    let insert = sqlx::query(
         "INSERT INTO outbox (event_id, event_type, aggregate_id, envelope, created_at_ms)
          VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(envelope.id())
-    .bind(envelope.event_type())
-    .bind(&envelope.0.aggregate_id)
-    .bind(envelope.encode())
-    .bind(now_ms())
-    .execute(&mut *conn)
-    .await?;
+    );
+    bind_event(insert, envelope).execute(&mut *conn).await?;
     Ok(())
 }
 

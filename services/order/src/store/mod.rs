@@ -57,20 +57,52 @@ pub(crate) struct ListFilter {
 
 #[cfg(test)]
 mod tests {
-    use shop_common::{events::Envelope, paging::Cursor, storage::Db};
+    use shop_common::{
+        events::Envelope,
+        paging::Cursor,
+        storage::{self, Db},
+    };
 
     use super::*;
     use crate::domain::{Address, Item, Status};
 
-    async fn store(dir: &tempfile::TempDir) -> OrderStore {
-        let url = format!("sqlite://{}", dir.path().join("order.db").display());
-        let db = Db::connect("ORDER_DATABASE_URL", &url)
+    async fn migrated(url: &str) -> Db {
+        let db = Db::connect("ORDER_DATABASE_URL", url)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         db.migrate(&MIGRATOR)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        OrderStore::new(db)
+        db
+    }
+
+    /// Runs `check` on a store on SQLite, then on this machine's PostgreSQL when `DATABASE_URL`
+    /// is set (their SQL differs where an order is placed): a database of its own, dropped
+    /// after a pass and kept after a failure.
+    async fn on_every_backend<F: Future<Output = ()>>(check: impl Fn(OrderStore) -> F) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let sqlite = format!("sqlite://{}", dir.path().join("order.db").display());
+        check(OrderStore::new(migrated(&sqlite).await)).await;
+        let Ok(server) = std::env::var("DATABASE_URL") else {
+            eprintln!("skipped on PostgreSQL: DATABASE_URL is not set");
+            return;
+        };
+        let name = format!("test_order_store_{}", uuid::Uuid::new_v4().simple());
+        let url = storage::database_on(&server, &name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let db = migrated(&url).await;
+        check(OrderStore::new(db.clone())).await;
+        db.pool().close().await;
+        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn order(id: &str) -> Order {
@@ -116,134 +148,138 @@ mod tests {
 
     #[tokio::test]
     async fn an_abandoned_checkout_is_taken_once_and_its_late_order_refused() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = store(&dir).await;
-        store
-            .begin_checkout("o1")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        store
-            .begin_checkout("o2")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        // o2 becomes an order in time; o1 does not.
-        let placed = store.place(&order("o2"), &created("o2")).await;
-        assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+        on_every_backend(|store| async move {
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            store
+                .begin_checkout("o2")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            // o2 becomes an order in time; o1 does not.
+            let placed = store.place(&order("o2"), &created("o2")).await;
+            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
 
-        let fresh = store.take_abandoned(0, 10).await.unwrap_or_default();
-        assert!(
-            fresh.is_empty(),
-            "nothing is older than the cut-off: {fresh:?}"
-        );
-        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
-        assert_eq!(taken, ["o1"], "only the checkout without an order");
-        let again = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
-        assert!(again.is_empty(), "taken once: {again:?}");
+            let fresh = store.take_abandoned(0, 10).await.unwrap_or_default();
+            assert!(
+                fresh.is_empty(),
+                "nothing is older than the cut-off: {fresh:?}"
+            );
+            let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+            assert_eq!(taken, ["o1"], "only the checkout without an order");
+            let again = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+            assert!(again.is_empty(), "taken once: {again:?}");
 
-        // The slow PlaceOrder of o1 finally tries to write its order: its stock is gone.
-        let late = store.place(&order("o1"), &created("o1")).await;
-        let message = late.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("stock was released"), "{message}");
-        assert!(
-            store.get("o1").await.ok().flatten().is_none(),
-            "no order without stock"
-        );
+            // The slow PlaceOrder of o1 finally tries to write its order: its stock is gone.
+            let late = store.place(&order("o1"), &created("o1")).await;
+            let message = late.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("stock was released"), "{message}");
+            assert!(
+                store.get("o1").await.ok().flatten().is_none(),
+                "no order without stock"
+            );
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_retry_of_a_swept_checkout_cannot_place_its_order() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = store(&dir).await;
-        store
-            .begin_checkout("o1")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
-        assert_eq!(taken, ["o1"]);
+        on_every_backend(|store| async move {
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+            assert_eq!(taken, ["o1"]);
 
-        // The client retries under the same key while the sweeper is still releasing the
-        // stock: the retry notes the checkout again and product-service still answers with the
-        // reservation it holds. Its order must be refused all the same, or it would stand on
-        // stock that the release is about to give back.
-        store
-            .begin_checkout("o1")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let late = store.place(&order("o1"), &created("o1")).await;
-        let message = late.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(message.contains("stock was released"), "{message}");
-        assert!(
-            store.get("o1").await.ok().flatten().is_none(),
-            "no order without stock"
-        );
+            // The client retries under the same key while the sweeper is still releasing the
+            // stock: the retry notes the checkout again and product-service still answers with the
+            // reservation it holds. Its order must be refused all the same, or it would stand on
+            // stock that the release is about to give back.
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let late = store.place(&order("o1"), &created("o1")).await;
+            let message = late.err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(message.contains("stock was released"), "{message}");
+            assert!(
+                store.get("o1").await.ok().flatten().is_none(),
+                "no order without stock"
+            );
+        })
+        .await;
     }
 
     /// Orders come with their own lines, newest first, a page of `limit` orders (not rows).
     #[tokio::test]
     async fn listed_orders_carry_their_own_lines_page_by_page() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = store(&dir).await;
-        let lines = |id: &str, count: usize| -> Vec<Item> {
-            (0..count)
-                .map(|n| Item {
-                    product_id: format!("{id}-p{n}"),
-                    quantity: i32::try_from(n + 1).unwrap_or(1),
-                    ..order(id).items[0].clone()
-                })
-                .collect()
-        };
-        for (at, (id, count)) in [("o1", 2), ("o2", 3), ("o3", 1)].into_iter().enumerate() {
-            let mut new = order(id);
-            new.items = lines(id, count);
-            new.created_at_ms = i64::try_from(at).unwrap_or(0) + 1;
-            store
-                .begin_checkout(id)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let placed = store.place(&new, &created(id)).await;
-            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
-        }
-        let filter = ListFilter::default();
-        let first = store.list(&filter, None, 2).await.unwrap_or_default();
-        let seen: Vec<(&str, Vec<Item>)> = first
-            .iter()
-            .map(|o| (o.id.as_str(), o.items.clone()))
-            .collect();
-        assert_eq!(seen, [("o3", lines("o3", 1)), ("o2", lines("o2", 3))]);
+        on_every_backend(|store| async move {
+            let lines = |id: &str, count: usize| -> Vec<Item> {
+                (0..count)
+                    .map(|n| Item {
+                        product_id: format!("{id}-p{n}"),
+                        quantity: i32::try_from(n + 1).unwrap_or(1),
+                        ..order(id).items[0].clone()
+                    })
+                    .collect()
+            };
+            for (at, (id, count)) in [("o1", 2), ("o2", 3), ("o3", 1)].into_iter().enumerate() {
+                let mut new = order(id);
+                new.items = lines(id, count);
+                new.created_at_ms = i64::try_from(at).unwrap_or(0) + 1;
+                store
+                    .begin_checkout(id)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                let placed = store.place(&new, &created(id)).await;
+                assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+            }
+            let filter = ListFilter::default();
+            let first = store.list(&filter, None, 2).await.unwrap_or_default();
+            let seen: Vec<(&str, Vec<Item>)> = first
+                .iter()
+                .map(|o| (o.id.as_str(), o.items.clone()))
+                .collect();
+            assert_eq!(seen, [("o3", lines("o3", 1)), ("o2", lines("o2", 3))]);
 
-        let after = Cursor {
-            created_at_ms: first[1].created_at_ms,
-            id: first[1].id.clone(),
-        };
-        let rest = store
-            .list(&filter, Some(&after), 2)
-            .await
-            .unwrap_or_default();
-        let seen: Vec<(&str, Vec<Item>)> = rest
-            .iter()
-            .map(|o| (o.id.as_str(), o.items.clone()))
-            .collect();
-        assert_eq!(seen, [("o1", lines("o1", 2))]);
-        assert_eq!(
-            store.get("o2").await.ok().flatten().map(|o| o.items),
-            Some(lines("o2", 3)),
-            "one order read alone has the same lines"
-        );
+            let after = Cursor {
+                created_at_ms: first[1].created_at_ms,
+                id: first[1].id.clone(),
+            };
+            let rest = store
+                .list(&filter, Some(&after), 2)
+                .await
+                .unwrap_or_default();
+            let seen: Vec<(&str, Vec<Item>)> = rest
+                .iter()
+                .map(|o| (o.id.as_str(), o.items.clone()))
+                .collect();
+            assert_eq!(seen, [("o1", lines("o1", 2))]);
+            assert_eq!(
+                store.get("o2").await.ok().flatten().map(|o| o.items),
+                Some(lines("o2", 3)),
+                "one order read alone has the same lines"
+            );
+        })
+        .await;
     }
 
     #[tokio::test]
     async fn a_refused_checkout_is_forgotten() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = store(&dir).await;
-        store
-            .begin_checkout("o1")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        store
-            .end_checkout("o1")
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
-        assert!(taken.is_empty(), "{taken:?}");
+        on_every_backend(|store| async move {
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            store
+                .end_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let taken = store.take_abandoned(i64::MAX, 10).await.unwrap_or_default();
+            assert!(taken.is_empty(), "{taken:?}");
+        })
+        .await;
     }
 }
