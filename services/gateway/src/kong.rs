@@ -42,6 +42,19 @@ pub(crate) struct Service {
     pub(crate) plugins: Vec<Plugin>,
 }
 
+impl Service {
+    /// Where the gateway sends the service's calls: Kong's `grpc://` is HTTP/2 in the clear,
+    /// `grpcs://` over TLS. `None` for any other scheme.
+    pub(crate) fn upstream_url(&self) -> Option<String> {
+        let (scheme, rest) = self.url.split_once("://")?;
+        match scheme {
+            "grpc" => Some(format!("http://{rest}")),
+            "grpcs" => Some(format!("https://{rest}")),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct Route {
     pub(crate) name: String,
@@ -149,6 +162,12 @@ impl KongConfig {
             }
         }
         for service in &config.services {
+            if service.upstream_url().is_none() {
+                return Err(invalid(format!(
+                    "service {}: url {:?} must be grpc://host:port or grpcs://host:port (TLS)",
+                    service.name, service.url
+                )));
+            }
             if !service.plugins.iter().any(|p| p.name == "grpc-gateway") {
                 return Err(invalid(format!(
                     "service {} has no grpc-gateway plugin, so nothing would transcode its routes",
@@ -279,5 +298,24 @@ services:
                 .contains("no grpc-gateway")
         );
         assert!(refusal("services: [").contains("not valid Kong declarative YAML"));
+        assert!(
+            refusal(&MINIMAL.replace("url: grpc://s:1", "url: http://s:1"))
+                .contains("must be grpc://host:port or grpcs://host:port")
+        );
+    }
+
+    #[test]
+    fn grpcs_services_are_reached_over_tls() {
+        let config = KongConfig::parse("kong.yaml", &MINIMAL.replace("grpc://", "grpcs://"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.services[0].upstream_url().as_deref(),
+            Some("https://s:1")
+        );
+        let config = KongConfig::parse("kong.yaml", MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.services[0].upstream_url().as_deref(),
+            Some("http://s:1")
+        );
     }
 }

@@ -120,7 +120,12 @@ impl Routes {
                 .collect();
             let url = match hosts.get(&service.name) {
                 Some(url) => url.clone(),
-                None => service.url.replacen("grpc://", "http://", 1),
+                None => service.upstream_url().ok_or_else(|| {
+                    RoutingError::Config(format!(
+                        "service {}: url {:?} is neither grpc:// nor grpcs://",
+                        service.name, service.url
+                    ))
+                })?,
             };
             let upstream = upstreams.len();
             upstreams.push(Upstream {
