@@ -106,7 +106,9 @@ impl PaymentStore {
         settle: Settle<'_>,
     ) -> Result<Option<Payment>, Error> {
         if let (Backend::Postgres, Some(event)) = (self.db.backend(), &settle.event) {
-            return self.settle_in_one_statement(payment_id, &settle, event).await;
+            return self
+                .settle_in_one_statement(payment_id, &settle, event)
+                .await;
         }
         let mut tx = self.db.begin().await?;
         let row = sqlx::query(concat!(
