@@ -76,6 +76,17 @@ mod tests {
         db
     }
 
+    /// Placing `id` is refused because its stock was released, and writes no order.
+    async fn refused_as_swept(store: &OrderStore, id: &str) {
+        let late = store.place(&order(id), &created(id)).await;
+        let message = late.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("stock was released"), "{message}");
+        assert!(
+            store.get(id).await.ok().flatten().is_none(),
+            "no order without stock"
+        );
+    }
+
     /// Runs `check` on a store on SQLite, then on this machine's PostgreSQL when `DATABASE_URL`
     /// is set (their SQL differs where an order is placed): a database of its own, dropped
     /// after a pass and kept after a failure.
@@ -172,13 +183,7 @@ mod tests {
             assert!(again.is_empty(), "taken once: {again:?}");
 
             // The slow PlaceOrder of o1 finally tries to write its order: its stock is gone.
-            let late = store.place(&order("o1"), &created("o1")).await;
-            let message = late.err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(message.contains("stock was released"), "{message}");
-            assert!(
-                store.get("o1").await.ok().flatten().is_none(),
-                "no order without stock"
-            );
+            refused_as_swept(&store, "o1").await;
         })
         .await;
     }
@@ -201,13 +206,7 @@ mod tests {
                 .begin_checkout("o1")
                 .await
                 .unwrap_or_else(|e| panic!("{e}"));
-            let late = store.place(&order("o1"), &created("o1")).await;
-            let message = late.err().map(|e| e.to_string()).unwrap_or_default();
-            assert!(message.contains("stock was released"), "{message}");
-            assert!(
-                store.get("o1").await.ok().flatten().is_none(),
-                "no order without stock"
-            );
+            refused_as_swept(&store, "o1").await;
         })
         .await;
     }

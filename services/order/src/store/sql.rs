@@ -9,7 +9,11 @@ use shop_common::{
     paging::Cursor,
     storage::{Backend, Db, is_unique_violation},
 };
-use sqlx::{Any, AnyConnection, AnyPool, Row as _, Transaction, any::AnyRow};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Row as _, Transaction,
+    any::{AnyArguments, AnyRow},
+    query::Query,
+};
 
 use super::{Applying, Change, Changed, Decide, ListFilter, Placed};
 use crate::domain::{Address, Item, Order, Status};
@@ -128,31 +132,39 @@ async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>,
     Ok(orders_of(&rows)?.pop())
 }
 
+/// Binds the order's columns, in `order_columns!()`'s order, to $1..$15 (the creation time is
+/// also the update time: `$15, $15`).
+fn bind_order<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    order: &Order,
+) -> Query<'q, Any, AnyArguments> {
+    let a = &order.address;
+    query
+        .bind(order.id.clone())
+        .bind(order.user_id.clone())
+        .bind(order.idempotency_key.clone())
+        .bind(order.fingerprint.clone())
+        .bind(order.status.as_str())
+        .bind(order.total_minor)
+        .bind(order.currency.clone())
+        .bind(a.recipient.clone())
+        .bind(a.line1.clone())
+        .bind(a.line2.clone())
+        .bind(a.city.clone())
+        .bind(a.postal_code.clone())
+        .bind(a.country.clone())
+        .bind(order.cancel_reason.clone())
+        .bind(order.created_at_ms)
+}
+
 /// The order and its lines; a unique violation means its key was taken.
 async fn insert(conn: &mut AnyConnection, order: &Order) -> Result<(), sqlx::Error> {
-    let a = &order.address;
-    sqlx::query(concat!(
+    let insert = sqlx::query(concat!(
         "INSERT INTO orders (",
         order_columns!(),
         ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15)"
-    ))
-    .bind(&order.id)
-    .bind(&order.user_id)
-    .bind(&order.idempotency_key)
-    .bind(&order.fingerprint)
-    .bind(order.status.as_str())
-    .bind(order.total_minor)
-    .bind(&order.currency)
-    .bind(&a.recipient)
-    .bind(&a.line1)
-    .bind(&a.line2)
-    .bind(&a.city)
-    .bind(&a.postal_code)
-    .bind(&a.country)
-    .bind(&order.cancel_reason)
-    .bind(order.created_at_ms)
-    .execute(&mut *conn)
-    .await?;
+    ));
+    bind_order(insert, order).execute(&mut *conn).await?;
     for item in &order.items {
         sqlx::query(
             "INSERT INTO order_items (order_id, product_id, sku, name, quantity,
@@ -244,25 +256,9 @@ async fn place_in_one_statement(
     order: &Order,
     event: &Envelope,
 ) -> Result<Written, Error> {
-    let a = &order.address;
     // Only numbered placeholders are in the text; every value is bound.
-    let query = sqlx::query(sqlx::AssertSqlSafe(place_statement(order.items.len())))
-        .bind(&order.id)
-        .bind(&order.user_id)
-        .bind(&order.idempotency_key)
-        .bind(&order.fingerprint)
-        .bind(order.status.as_str())
-        .bind(order.total_minor)
-        .bind(&order.currency)
-        .bind(&a.recipient)
-        .bind(&a.line1)
-        .bind(&a.line2)
-        .bind(&a.city)
-        .bind(&a.postal_code)
-        .bind(&a.country)
-        .bind(&order.cancel_reason)
-        .bind(order.created_at_ms);
-    let mut query = outbox::bind_event(query, event);
+    let query = sqlx::query(sqlx::AssertSqlSafe(place_statement(order.items.len())));
+    let mut query = outbox::bind_event(bind_order(query, order), event);
     for item in &order.items {
         query = query
             .bind(&item.product_id)

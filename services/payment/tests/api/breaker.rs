@@ -14,6 +14,17 @@ use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::helpers::{Switch, await_metric, metric, spawn_app};
 
+/// Two attempts of 200 ms, 10 ms apart; two failures in a row open the breaker for 4 s.
+fn quick_breaker(config: &mut payment_service::Config) {
+    config.provider_timeout = Duration::from_millis(200);
+    config.charge_attempts = 2;
+    config.retry_delay = Duration::from_millis(10);
+    config.retry_max_delay = Duration::from_millis(10);
+    config.provider_breaker_failures = 2;
+    config.provider_breaker_open_for = Duration::from_secs(4);
+    config.provider_breaker_open_max = Duration::from_secs(4);
+}
+
 /// The breaker's metrics are the process's: its tests take turns.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -35,16 +46,7 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
 -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let provider = Arc::new(Switch::default());
-    let app = spawn_app(provider.clone(), |config| {
-        config.provider_timeout = Duration::from_millis(200);
-        config.charge_attempts = 2;
-        config.retry_delay = Duration::from_millis(10);
-        config.retry_max_delay = Duration::from_millis(10);
-        config.provider_breaker_failures = 2;
-        config.provider_breaker_open_for = Duration::from_secs(4);
-        config.provider_breaker_open_max = Duration::from_secs(4);
-    })
-    .await?;
+    let app = spawn_app(provider.clone(), quick_breaker).await?;
     assert_eq!(metric("circuit_breaker_state", &BREAKER), Some(0.0));
     let before = |to| transitions(to).unwrap_or(0.0);
     let (opened, half_opened, closed) = (before("open"), before("half_open"), before("closed"));
@@ -121,16 +123,7 @@ async fn the_provider_breaker_opens_while_it_fails_and_closes_once_it_answers_ag
 async fn a_payment_left_pending_is_not_failed_on_the_breakers_word() -> anyhow::Result<()> {
     let _turn = ONE_AT_A_TIME.lock().await;
     let provider = Arc::new(Switch::default());
-    let app = spawn_app(provider.clone(), |config| {
-        config.provider_timeout = Duration::from_millis(200);
-        config.charge_attempts = 2;
-        config.retry_delay = Duration::from_millis(10);
-        config.retry_max_delay = Duration::from_millis(10);
-        config.provider_breaker_failures = 2;
-        config.provider_breaker_open_for = Duration::from_secs(4);
-        config.provider_breaker_open_max = Duration::from_secs(4);
-    })
-    .await?;
+    let app = spawn_app(provider.clone(), quick_breaker).await?;
     let pending_order = uuid::Uuid::new_v4().to_string();
     let payment_id = uuid::Uuid::new_v4().to_string();
     let db = sqlx::sqlite::SqlitePool::connect(&app.database).await?;
