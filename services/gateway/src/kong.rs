@@ -36,22 +36,23 @@ pub(crate) struct KongConfig {
 pub(crate) struct Service {
     pub(crate) name: String,
     pub(crate) url: String,
+    /// Where the gateway sends the service's calls, from `url` (see [`upstream_of`]).
+    #[serde(skip)]
+    pub(crate) upstream: String,
     #[serde(default)]
     pub(crate) routes: Vec<Route>,
     #[serde(default)]
     pub(crate) plugins: Vec<Plugin>,
 }
 
-impl Service {
-    /// Where the gateway sends the service's calls: Kong's `grpc://` is HTTP/2 in the clear,
-    /// `grpcs://` over TLS. `None` for any other scheme.
-    pub(crate) fn upstream_url(&self) -> Option<String> {
-        let (scheme, rest) = self.url.split_once("://")?;
-        match scheme {
-            "grpc" => Some(format!("http://{rest}")),
-            "grpcs" => Some(format!("https://{rest}")),
-            _ => None,
-        }
+/// Where the gateway sends a Kong service's calls: Kong's `grpc://` is HTTP/2 in the clear,
+/// `grpcs://` over TLS. `None` for any other scheme.
+fn upstream_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    match scheme {
+        "grpc" => Some(format!("http://{rest}")),
+        "grpcs" => Some(format!("https://{rest}")),
+        _ => None,
     }
 }
 
@@ -122,10 +123,11 @@ impl KongConfig {
     }
 
     pub(crate) fn parse(path: &str, text: &str) -> Result<Self, KongError> {
-        let config: Self = serde_yaml_ng::from_str(text).map_err(|source| KongError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
+        let mut config: Self =
+            serde_yaml_ng::from_str(text).map_err(|source| KongError::Parse {
+                path: path.to_owned(),
+                source,
+            })?;
         let invalid = |reason: String| KongError::Invalid {
             path: path.to_owned(),
             reason,
@@ -161,13 +163,15 @@ impl KongConfig {
                 )));
             }
         }
-        for service in &config.services {
-            if service.upstream_url().is_none() {
-                return Err(invalid(format!(
+        for service in &mut config.services {
+            service.upstream = upstream_of(&service.url).ok_or_else(|| {
+                invalid(format!(
                     "service {}: url {:?} must be grpc://host:port or grpcs://host:port (TLS)",
                     service.name, service.url
-                )));
-            }
+                ))
+            })?;
+        }
+        for service in &config.services {
             if !service.plugins.iter().any(|p| p.name == "grpc-gateway") {
                 return Err(invalid(format!(
                     "service {} has no grpc-gateway plugin, so nothing would transcode its routes",
@@ -308,14 +312,8 @@ services:
     fn grpcs_services_are_reached_over_tls() {
         let config = KongConfig::parse("kong.yaml", &MINIMAL.replace("grpc://", "grpcs://"))
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            config.services[0].upstream_url().as_deref(),
-            Some("https://s:1")
-        );
+        assert_eq!(config.services[0].upstream, "https://s:1");
         let config = KongConfig::parse("kong.yaml", MINIMAL).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(
-            config.services[0].upstream_url().as_deref(),
-            Some("http://s:1")
-        );
+        assert_eq!(config.services[0].upstream, "http://s:1");
     }
 }

@@ -120,12 +120,7 @@ impl Routes {
                 .collect();
             let url = match hosts.get(&service.name) {
                 Some(url) => url.clone(),
-                None => service.upstream_url().ok_or_else(|| {
-                    RoutingError::Config(format!(
-                        "service {}: url {:?} is neither grpc:// nor grpcs://",
-                        service.name, service.url
-                    ))
-                })?,
+                None => service.upstream.clone(),
             };
             let upstream = upstreams.len();
             upstreams.push(Upstream {

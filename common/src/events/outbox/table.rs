@@ -65,9 +65,15 @@ pub(crate) async fn install(db: &Db) -> Result<(), OutboxError> {
     Ok(())
 }
 
+macro_rules! event_columns {
+    () => {
+        "event_id, event_type, aggregate_id, envelope, created_at_ms"
+    };
+}
+
 /// The outbox's columns for one event, for a statement that appends it along with other writes
 /// (PostgreSQL's data-modifying `WITH`); [`bind_event`] binds their values in this order.
-pub const EVENT_COLUMNS: &str = "event_id, event_type, aggregate_id, envelope, created_at_ms";
+pub const EVENT_COLUMNS: &str = event_columns!();
 
 /// Binds the values of [`EVENT_COLUMNS`] for `envelope` to the next five placeholders.
 pub fn bind_event<'q>(
@@ -75,9 +81,9 @@ pub fn bind_event<'q>(
     envelope: &Envelope,
 ) -> Query<'q, Any, AnyArguments> {
     query
-        .bind(envelope.id().to_owned())
-        .bind(envelope.event_type().to_owned())
-        .bind(envelope.0.aggregate_id.clone())
+        .bind(envelope.id())
+        .bind(envelope.event_type())
+        .bind(&envelope.0.aggregate_id)
         .bind(envelope.encode())
         .bind(now_ms())
 }
@@ -85,10 +91,11 @@ pub fn bind_event<'q>(
 /// Appends `envelope` inside the caller's transaction; after committing, the caller calls
 /// [`Db::events_committed`].
 pub async fn append(conn: &mut AnyConnection, envelope: &Envelope) -> Result<(), OutboxError> {
-    let insert = sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, aggregate_id, envelope, created_at_ms)
-         VALUES ($1, $2, $3, $4, $5)",
-    );
+    let insert = sqlx::query(concat!(
+        "INSERT INTO outbox (",
+        event_columns!(),
+        ") VALUES ($1, $2, $3, $4, $5)"
+    ));
     bind_event(insert, envelope).execute(&mut *conn).await?;
     Ok(())
 }

@@ -140,21 +140,33 @@ fn bind_order<'q>(
 ) -> Query<'q, Any, AnyArguments> {
     let a = &order.address;
     query
-        .bind(order.id.clone())
-        .bind(order.user_id.clone())
-        .bind(order.idempotency_key.clone())
-        .bind(order.fingerprint.clone())
+        .bind(&order.id)
+        .bind(&order.user_id)
+        .bind(&order.idempotency_key)
+        .bind(&order.fingerprint)
         .bind(order.status.as_str())
         .bind(order.total_minor)
-        .bind(order.currency.clone())
-        .bind(a.recipient.clone())
-        .bind(a.line1.clone())
-        .bind(a.line2.clone())
-        .bind(a.city.clone())
-        .bind(a.postal_code.clone())
-        .bind(a.country.clone())
-        .bind(order.cancel_reason.clone())
+        .bind(&order.currency)
+        .bind(&a.recipient)
+        .bind(&a.line1)
+        .bind(&a.line2)
+        .bind(&a.city)
+        .bind(&a.postal_code)
+        .bind(&a.country)
+        .bind(&order.cancel_reason)
         .bind(order.created_at_ms)
+}
+
+/// Binds a line's columns to the next six placeholders: product_id, sku, name, quantity,
+/// unit_price_minor, currency.
+fn bind_line<'q>(query: Query<'q, Any, AnyArguments>, item: &Item) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(&item.product_id)
+        .bind(&item.sku)
+        .bind(&item.name)
+        .bind(item.quantity)
+        .bind(item.unit_price_minor)
+        .bind(&item.currency)
 }
 
 /// The order and its lines; a unique violation means its key was taken.
@@ -166,20 +178,13 @@ async fn insert(conn: &mut AnyConnection, order: &Order) -> Result<(), sqlx::Err
     ));
     bind_order(insert, order).execute(&mut *conn).await?;
     for item in &order.items {
-        sqlx::query(
+        let insert = sqlx::query(
             "INSERT INTO order_items (order_id, product_id, sku, name, quantity,
                  unit_price_minor, currency)
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
-        .bind(&order.id)
-        .bind(&item.product_id)
-        .bind(&item.sku)
-        .bind(&item.name)
-        .bind(item.quantity)
-        .bind(item.unit_price_minor)
-        .bind(&item.currency)
-        .execute(&mut *conn)
-        .await?;
+        .bind(&order.id);
+        bind_line(insert, item).execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -260,13 +265,7 @@ async fn place_in_one_statement(
     let query = sqlx::query(sqlx::AssertSqlSafe(place_statement(order.items.len())));
     let mut query = outbox::bind_event(bind_order(query, order), event);
     for item in &order.items {
-        query = query
-            .bind(&item.product_id)
-            .bind(&item.sku)
-            .bind(&item.name)
-            .bind(item.quantity)
-            .bind(item.unit_price_minor)
-            .bind(&item.currency);
+        query = bind_line(query, item);
     }
     match query.fetch_one(pool).await {
         Ok(row) if row.try_get::<i64, _>("placed")? == 1 => Ok(Written::Placed),

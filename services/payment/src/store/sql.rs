@@ -10,7 +10,11 @@ use shop_common::{
     paging::Cursor,
     storage::{Backend, Db},
 };
-use sqlx::{Row as _, any::AnyRow};
+use sqlx::{
+    Any, Row as _,
+    any::{AnyArguments, AnyRow},
+    query::Query,
+};
 
 use super::{ListFilter, Settle};
 use crate::domain::{Payment, Status};
@@ -33,6 +37,33 @@ const BY_ORDER: &str = concat!(
     payment_columns!(),
     " FROM payments WHERE order_id = $1"
 );
+
+/// Moves payment $1 from status $6 to $2 (reason $3, reference $4, at $5), returning it: both
+/// ways of settling run it ([`bind_settle`] binds its values).
+macro_rules! settle_update {
+    () => {
+        concat!(
+            "UPDATE payments SET status = $2, failure_reason = $3, provider_reference = $4,
+                 updated_at_ms = $5
+             WHERE payment_id = $1 AND status = $6 RETURNING ",
+            payment_columns!()
+        )
+    };
+}
+
+fn bind_settle<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    payment_id: &str,
+    settle: &Settle<'_>,
+) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(payment_id)
+        .bind(settle.to.as_str())
+        .bind(settle.failure_reason)
+        .bind(settle.provider_reference)
+        .bind(now_ms())
+        .bind(settle.from.as_str())
+}
 
 fn payment(row: &AnyRow) -> Result<Payment, Error> {
     let status: String = row.try_get("status")?;
@@ -111,20 +142,9 @@ impl PaymentStore {
                 .await;
         }
         let mut tx = self.db.begin().await?;
-        let row = sqlx::query(concat!(
-            "UPDATE payments SET status = $2, failure_reason = $3, provider_reference = $4,
-                 updated_at_ms = $5
-             WHERE payment_id = $1 AND status = $6 RETURNING ",
-            payment_columns!()
-        ))
-        .bind(payment_id)
-        .bind(settle.to.as_str())
-        .bind(settle.failure_reason)
-        .bind(settle.provider_reference)
-        .bind(now_ms())
-        .bind(settle.from.as_str())
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row = bind_settle(sqlx::query(settle_update!()), payment_id, &settle)
+            .fetch_optional(&mut *tx)
+            .await?;
         let Some(row) = row else {
             return Ok(None);
         };
@@ -147,25 +167,17 @@ impl PaymentStore {
     ) -> Result<Option<Payment>, Error> {
         static SETTLE: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "WITH moved AS (
-                     UPDATE payments SET status = $2, failure_reason = $3,
-                         provider_reference = $4, updated_at_ms = $5
-                     WHERE payment_id = $1 AND status = $6 RETURNING {columns}),
+                "WITH moved AS ({update}),
                  event AS (INSERT INTO outbox ({event}) SELECT $7, $8, $9, $10, $11 FROM moved)
                  SELECT {columns} FROM moved",
+                update = settle_update!(),
                 columns = payment_columns!(),
                 event = outbox::EVENT_COLUMNS,
             )
         });
         // Only numbered placeholders are in the text; every value is bound.
-        let query = sqlx::query(sqlx::AssertSqlSafe(SETTLE.as_str()))
-            .bind(payment_id)
-            .bind(settle.to.as_str())
-            .bind(settle.failure_reason)
-            .bind(settle.provider_reference)
-            .bind(now_ms())
-            .bind(settle.from.as_str());
-        let row = outbox::bind_event(query, event)
+        let query = sqlx::query(sqlx::AssertSqlSafe(SETTLE.as_str()));
+        let row = outbox::bind_event(bind_settle(query, payment_id, settle), event)
             .fetch_optional(self.db.pool())
             .await?;
         let Some(row) = row else {
