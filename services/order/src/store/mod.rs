@@ -265,6 +265,86 @@ mod tests {
         .await;
     }
 
+    /// A decision that confirms the order and announces `events`.
+    fn confirm(events: Vec<Envelope>) -> impl Fn(&Order) -> Result<Option<Change>, Error> {
+        move |_| {
+            Ok(Some(Change {
+                status: Status::Confirmed,
+                cancel_reason: String::new(),
+                events: events.clone(),
+            }))
+        }
+    }
+
+    /// The ids of the events waiting in the outbox, oldest first.
+    async fn outbox_ids(store: &OrderStore) -> Vec<String> {
+        shop_common::events::outbox::Outbox::new(store.db().clone())
+            .pending(100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .map(|pending| pending.envelope.id().to_owned())
+            .collect()
+    }
+
+    async fn change(
+        store: &OrderStore,
+        order_id: &str,
+        event_id: &str,
+        decide: &Decide<'_>,
+    ) -> Changed {
+        let applying = Applying {
+            consumer: "test",
+            event_id,
+        };
+        store
+            .change(order_id, Some(applying), decide)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn an_event_changes_an_order_once_and_appends_its_events_in_order() {
+        on_every_backend(|store| async move {
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let placed = store.place(&order("o1"), &created("o1")).await;
+            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+            let announced = [created("o1"), created("o1")];
+            let mut expected = outbox_ids(&store).await;
+            expected.extend(announced.iter().map(|e| e.id().to_owned()));
+
+            let decide = confirm(announced.to_vec());
+            let changed = change(&store, "o1", "e1", &decide).await;
+            let Changed::Applied(applied) = changed else {
+                panic!("{changed:?}");
+            };
+            assert_eq!(applied.status, Status::Confirmed);
+            assert_eq!(applied.items.len(), 1, "the order is read with its line");
+            let stored = store.get("o1").await.ok().flatten().map(|o| o.status);
+            assert_eq!(stored, Some(Status::Confirmed));
+            assert_eq!(outbox_ids(&store).await, expected);
+
+            // The same event again changes nothing and announces nothing.
+            let again = change(&store, "o1", "e1", &decide).await;
+            assert!(matches!(again, Changed::Duplicate), "{again:?}");
+            assert_eq!(outbox_ids(&store).await, expected);
+
+            // An event for an order that does not exist is not recorded as applied.
+            let missing = change(&store, "nope", "e2", &decide).await;
+            assert!(matches!(missing, Changed::Missing), "{missing:?}");
+            let keep = |_: &Order| Ok(None);
+            let later = change(&store, "o1", "e2", &keep).await;
+            assert!(matches!(later, Changed::Unchanged(_)), "{later:?}");
+            // A decision to change nothing still records the event.
+            let repeat = change(&store, "o1", "e2", &keep).await;
+            assert!(matches!(repeat, Changed::Duplicate), "{repeat:?}");
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn a_refused_checkout_is_forgotten() {
         on_every_backend(|store| async move {

@@ -9,6 +9,8 @@ use shop_common::{
     paging::Cursor,
     storage::{Backend, Db, is_unique_violation},
 };
+use std::sync::LazyLock;
+
 use sqlx::{
     Any, AnyConnection, AnyPool, Row as _, Transaction,
     any::{AnyArguments, AnyRow},
@@ -114,15 +116,80 @@ fn orders_of(rows: &[AnyRow]) -> Result<Vec<Order>, Error> {
     Ok(orders)
 }
 
+/// Orders with their lines, one row per line; the caller adds which orders.
+macro_rules! orders_with_lines {
+    () => {
+        concat!(
+            "SELECT ",
+            order_columns!(),
+            line_columns!(),
+            " FROM orders ",
+            lines_joined!()
+        )
+    };
+}
+
 /// The order and its lines in one statement.
 const LOAD: &str = concat!(
-    "SELECT ",
-    order_columns!(),
-    line_columns!(),
-    " FROM orders ",
-    lines_joined!(),
+    orders_with_lines!(),
     " WHERE order_id = $1 ORDER BY item_product_id"
 );
+
+/// PostgreSQL records the event a change applies and reads the order in one statement: `fresh`
+/// is 0 when the event was recorded before (a redelivery), and an order that does not exist
+/// leaves one row of NULLs. The order's id is $4, after the record's three values.
+static RECORD_AND_LOAD: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH processed AS ({record} RETURNING event_id)
+         SELECT (SELECT count(*) FROM processed) AS fresh, loaded.*
+         FROM (SELECT 1) AS one
+         LEFT JOIN ({load} WHERE order_id = $4) AS loaded ON true
+         ORDER BY item_product_id",
+        record = outbox::RECORD_PROCESSED,
+        load = orders_with_lines!(),
+    )
+});
+
+/// What a change finds once it has recorded its event.
+enum Found {
+    Order(Box<Order>),
+    Missing,
+    /// The event was applied before.
+    Duplicate,
+}
+
+/// A change's guarded UPDATE: $1 the order, $2..$4 the new status, reason and time, $5 the
+/// status it was decided on.
+macro_rules! change_update {
+    () => {
+        "UPDATE orders SET status = $2, cancel_reason = $3, updated_at_ms = $4
+         WHERE order_id = $1 AND status = $5"
+    };
+}
+
+/// PostgreSQL applies a change and appends its events in one statement (one round trip
+/// instead of one per event more); the events go in in their order, after $1..$5 of
+/// [`change_update!`], five values each.
+fn change_statement(events: usize) -> String {
+    let rows: Vec<String> = (0..events)
+        .map(|at| {
+            let first = 6 + 5 * at;
+            let numbers: Vec<String> = (first..first + 5).map(|n| format!("${n}")).collect();
+            format!("({at}, {})", numbers.join(", "))
+        })
+        .collect();
+    format!(
+        "WITH updated AS ({update} RETURNING order_id),
+         appended AS (
+             INSERT INTO outbox ({event})
+             SELECT {event} FROM updated, (VALUES {rows}) AS event (position, {event})
+             ORDER BY position)
+         SELECT count(*) AS updated FROM updated",
+        update = change_update!(),
+        event = outbox::EVENT_COLUMNS,
+        rows = rows.join(", "),
+    )
+}
 
 async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>, Error> {
     let rows = sqlx::query(LOAD)
@@ -282,6 +349,11 @@ pub(crate) struct OrderStore {
 impl OrderStore {
     pub(crate) fn new(db: Db) -> Self {
         Self { db }
+    }
+
+    #[cfg(test)]
+    pub(super) fn db(&self) -> &Db {
+        &self.db
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>, Error> {
@@ -472,13 +544,10 @@ impl OrderStore {
         decide: &Decide<'_>,
     ) -> Result<Option<Changed>, Error> {
         let mut tx = self.begin().await?;
-        if let Some(a) = applying
-            && !outbox::record_processed(&mut tx, a.consumer, a.event_id).await?
-        {
-            return Ok(Some(Changed::Duplicate));
-        }
-        let Some(order) = load(&mut tx, order_id).await? else {
-            return Ok(Some(Changed::Missing));
+        let order = match self.record_and_load(&mut tx, order_id, applying).await? {
+            Found::Order(order) => *order,
+            Found::Missing => return Ok(Some(Changed::Missing)),
+            Found::Duplicate => return Ok(Some(Changed::Duplicate)),
         };
         let Some(Change {
             status,
@@ -490,23 +559,38 @@ impl OrderStore {
             return Ok(Some(Changed::Unchanged(order)));
         };
         let now = now_ms();
-        let updated = sqlx::query(
-            "UPDATE orders SET status = $2, cancel_reason = $3, updated_at_ms = $4
-             WHERE order_id = $1 AND status = $5",
-        )
-        .bind(order_id)
-        .bind(status.as_str())
-        .bind(&cancel_reason)
-        .bind(now)
-        .bind(order.status.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
+        let update = |sql| {
+            sqlx::query(sql)
+                .bind(order_id)
+                .bind(status.as_str())
+                .bind(&cancel_reason)
+                .bind(now)
+                .bind(order.status.as_str())
+        };
+        let updated = if self.db.backend() == Backend::Postgres && !events.is_empty() {
+            // Only numbered placeholders are in the text; every value is bound.
+            let statement = sqlx::AssertSqlSafe(change_statement(events.len()));
+            let query = events.iter().fold(update(statement), outbox::bind_event);
+            query
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get::<i64, _>("updated")?
+                == 1
+        } else {
+            let updated = update(sqlx::AssertSqlSafe(change_update!().to_owned()))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if updated {
+                for event in &events {
+                    outbox::append(&mut tx, event).await?;
+                }
+            }
+            updated
+        };
+        if !updated {
             return Ok(None);
-        }
-        for event in &events {
-            outbox::append(&mut tx, event).await?;
         }
         tx.commit().await?;
         if !events.is_empty() {
@@ -518,5 +602,42 @@ impl OrderStore {
             updated_at_ms: now,
             ..order
         })))
+    }
+
+    /// Records the event being applied (if any) and reads the order, inside `tx`.
+    async fn record_and_load(
+        &self,
+        tx: &mut AnyConnection,
+        order_id: &str,
+        applying: Option<Applying<'_>>,
+    ) -> Result<Found, Error> {
+        let found =
+            |order: Option<Order>| order.map_or(Found::Missing, |o| Found::Order(Box::new(o)));
+        let Some(a) = applying else {
+            return Ok(found(load(tx, order_id).await?));
+        };
+        if self.db.backend() != Backend::Postgres {
+            if !outbox::record_processed(tx, a.consumer, a.event_id).await? {
+                return Ok(Found::Duplicate);
+            }
+            return Ok(found(load(tx, order_id).await?));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(RECORD_AND_LOAD.as_str()))
+            .bind(a.consumer)
+            .bind(a.event_id)
+            .bind(now_ms())
+            .bind(order_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::internal("recording an event read no row"))?;
+        if first.try_get::<i64, _>("fresh")? == 0 {
+            return Ok(Found::Duplicate);
+        }
+        if first.try_get::<Option<&str>, _>("order_id")?.is_none() {
+            return Ok(Found::Missing);
+        }
+        Ok(found(orders_of(&rows)?.pop()))
     }
 }
