@@ -1,6 +1,6 @@
-//! Where orders live: PostgreSQL or SQLite, one SQL text for both (see `sql.rs`). Every change
-//! is one transaction with the events it announces (outbox) and, for a change caused by an
-//! event, the record that the event was applied (idempotent consumer).
+//! Where orders live: PostgreSQL or SQLite, one SQL text for both but a few statements (see
+//! `sql.rs`). Every change is one transaction with the events it announces (outbox) and, for a
+//! change caused by an event, the record that the event was applied (idempotent consumer).
 
 mod sql;
 

@@ -1,6 +1,8 @@
-//! The order store in SQL, one text for PostgreSQL and SQLite. A change is guarded by the status
-//! it was decided on (`WHERE status = $old`), so two concurrent changes cannot both apply; the
-//! loser decides again on what the winner left.
+//! The order store in SQL, one text for PostgreSQL and SQLite except where PostgreSQL does in one
+//! statement what SQLite does in several (placing an order, recording an event with the read of
+//! its order, a change with its events): the same steps in the same transaction either way. A
+//! change is guarded by the status it was decided on (`WHERE status = $old`), so two concurrent
+//! changes cannot both apply; the loser decides again on what the winner left.
 
 use shop_common::{
     Error,

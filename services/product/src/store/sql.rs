@@ -1,4 +1,5 @@
-//! The catalogue in SQL, one text for PostgreSQL and SQLite. Stock is taken with
+//! The catalogue in SQL, one text for PostgreSQL and SQLite except where PostgreSQL does in one
+//! statement what SQLite does in several (a one-line reservation). Stock is taken with
 //! `UPDATE … WHERE stock >= $n`: the row lock (PostgreSQL) or the single writer (SQLite,
 //! `BEGIN IMMEDIATE`) makes check and decrement one step, so stock never goes negative.
 
