@@ -29,6 +29,29 @@ use crate::events::{
 };
 
 const PREFETCH: u16 = 32;
+/// How long a broker step of a consuming session (opening it, re-publishing a failed delivery,
+/// an ack) may take. After a broker restart lapin can leave such a step unresolved on the dead
+/// connection (seen in the chaos suite: a session waited on it for good, and its queue with it);
+/// past this the session counts as lost and a new one is opened. What was not acked goes back
+/// to the queue with the old connection.
+const BROKER_STEP: Duration = Duration::from_secs(10);
+/// How often an idle session checks that its channel is still open: a stream of deliveries
+/// that neither ends nor errs when the connection dies would otherwise wait for ever.
+const CHANNEL_CHECK: Duration = Duration::from_secs(2);
+
+/// `step`, or an error naming `what` once it has taken [`BROKER_STEP`].
+async fn within<T>(
+    what: &str,
+    step: impl Future<Output = Result<T, BusError>>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(BROKER_STEP, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(unavailable(format!(
+                "{what}: RabbitMQ did not answer within {BROKER_STEP:?}"
+            )))
+        })
+}
 
 impl RabbitBus {
     /// Declares the subscription's queues (so events published from now on wait for it) and
@@ -71,32 +94,44 @@ impl RabbitBus {
         handler: &dyn EventHandler,
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
-        let link = self.open().await?;
-        declare_consumer(&link.channel, subscription).await?;
-        link.channel
-            .basic_qos(PREFETCH, BasicQosOptions::default())
-            .await
-            .map_err(unavailable)?;
-        let mut deliveries = link
-            .channel
-            .basic_consume(
-                subscription.consumer.as_str().into(),
-                format!(
-                    "{}-{}",
-                    subscription.consumer,
-                    uuid::Uuid::new_v4().simple()
+        let (link, mut deliveries) = within("opening a consuming session", async {
+            let link = self.open().await?;
+            declare_consumer(&link.channel, subscription).await?;
+            link.channel
+                .basic_qos(PREFETCH, BasicQosOptions::default())
+                .await
+                .map_err(unavailable)?;
+            let tag = format!(
+                "{}-{}",
+                subscription.consumer,
+                uuid::Uuid::new_v4().simple()
+            );
+            let deliveries = link
+                .channel
+                .basic_consume(
+                    subscription.consumer.as_str().into(),
+                    tag.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
                 )
-                .into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(unavailable)?;
+                .await
+                .map_err(unavailable)?;
+            Ok((link, deliveries))
+        })
+        .await?;
+        let mut check = tokio::time::interval(CHANNEL_CHECK);
         // Each running delivery with the aggregate it holds (see `ordering_key`).
         let mut running = FuturesUnordered::new();
         let mut held: HashSet<String> = HashSet::new();
         loop {
             let delivery = tokio::select! {
+                _ = check.tick() => {
+                    if link.channel.status().connected() {
+                        continue;
+                    }
+                    let lost = unavailable("the channel to RabbitMQ closed");
+                    return Err(drained(&mut running, lost).await);
+                }
                 next = deliveries.next(), if running.len() < CONCURRENCY => match next {
                     Some(Ok(delivery)) => delivery,
                     Some(Err(error)) => return Err(drained(&mut running, unavailable(error)).await),
@@ -230,24 +265,29 @@ impl RabbitBus {
                 );
                 properties = properties.with_headers(headers);
             }
-            if let Err(error) =
-                publish_confirmed(channel, "", &queue, &delivery.data, properties, &event_id).await
-            {
+            let moved =
+                publish_confirmed(channel, "", &queue, &delivery.data, properties, &event_id);
+            if let Err(error) = within("moving a delivery to its queue", moved).await {
                 // Leave it to the broker to redeliver rather than lose it.
-                let _ = delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..BasicNackOptions::default()
-                    })
-                    .await;
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                let _ = within("nacking a delivery", async {
+                    delivery.nack(requeue).await.map_err(unavailable)
+                })
+                .await;
                 return Err(error);
             }
         }
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map(drop)
-            .map_err(unavailable)
+        within("acking a delivery", async {
+            delivery
+                .ack(BasicAckOptions::default())
+                .await
+                .map(drop)
+                .map_err(unavailable)
+        })
+        .await
     }
 }
 
