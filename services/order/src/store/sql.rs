@@ -169,16 +169,26 @@ macro_rules! change_update {
     };
 }
 
+/// `rows` rows of `width` numbered placeholders from `$first` on, each as "$a, $b, …", for a
+/// `VALUES` list: only numbers go into a statement's text, every value is bound.
+fn placeholder_rows(first: usize, width: usize, rows: usize) -> Vec<String> {
+    (0..rows)
+        .map(|row| {
+            let from = first + width * row;
+            let numbers: Vec<String> = (from..from + width).map(|n| format!("${n}")).collect();
+            numbers.join(", ")
+        })
+        .collect()
+}
+
 /// PostgreSQL applies a change and appends its events in one statement (one round trip
 /// instead of one per event more); the events go in in their order, after $1..$5 of
 /// [`change_update!`], five values each.
 fn change_statement(events: usize) -> String {
-    let rows: Vec<String> = (0..events)
-        .map(|at| {
-            let first = 6 + 5 * at;
-            let numbers: Vec<String> = (first..first + 5).map(|n| format!("${n}")).collect();
-            format!("({at}, {})", numbers.join(", "))
-        })
+    let rows: Vec<String> = placeholder_rows(6, 5, events)
+        .iter()
+        .enumerate()
+        .map(|(at, row)| format!("({at}, {row})"))
         .collect();
     format!(
         "WITH updated AS ({update} RETURNING order_id),
@@ -295,12 +305,9 @@ enum Written {
 /// ends unless the sweeper released it, and only then are the order, its lines and its event
 /// written. A checkout the sweeper holds makes the DELETE wait for it, as in the transaction.
 fn place_statement(items: usize) -> String {
-    let lines: Vec<String> = (0..items)
-        .map(|line| {
-            let first = 21 + 6 * line;
-            let numbers: Vec<String> = (first..first + 6).map(|n| format!("${n}")).collect();
-            format!("({})", numbers.join(", "))
-        })
+    let lines: Vec<String> = placeholder_rows(21, 6, items)
+        .iter()
+        .map(|row| format!("({row})"))
         .collect();
     format!(
         "WITH ended AS (
