@@ -41,7 +41,32 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl Running {
+    /// `shop up` on `data`, serving. A port found free can be taken by another test before
+    /// shop up binds it: shop up then exits at once (and a probe may reach that test's server
+    /// instead); it is started again on other ports.
     async fn start(data: &std::path::Path) -> anyhow::Result<Self> {
+        let mut exits = Vec::new();
+        for _ in 0..3 {
+            let mut running = Self::spawn(data)?;
+            let ready = running.ready().await;
+            let exited = match ready {
+                Ok(()) => running.child.try_wait()?,
+                // A start that failed may still be on its way out.
+                Err(_) => tokio::time::timeout(Duration::from_secs(2), running.child.wait())
+                    .await
+                    .ok()
+                    .transpose()?,
+            };
+            match exited {
+                None => return ready.map(|()| running),
+                Some(status) => exits.push(status.to_string()),
+            }
+        }
+        anyhow::bail!("shop up exited as it started, three times: {exits:?}")
+    }
+
+    /// `shop up` started on ports that were free a moment ago.
+    fn spawn(data: &std::path::Path) -> anyhow::Result<Self> {
         let ports: Vec<u16> = (0..6).map(|_| free_port()).collect::<Result<_, _>>()?;
         let child = Command::new(env!("CARGO_BIN_EXE_shop"))
             .arg("up")
@@ -60,19 +85,18 @@ impl Running {
             .kill_on_drop(true)
             .spawn()?;
         let at = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let running = Self {
+        Ok(Self {
             child,
             user: at(ports[0]),
             product: at(ports[1]),
             order: at(ports[2]),
             payment: at(ports[3]),
-        };
-        for addr in [
-            running.user,
-            running.product,
-            running.order,
-            running.payment,
-        ] {
+        })
+    }
+
+    /// Waits until each service listens and reports SERVING.
+    async fn ready(&self) -> anyhow::Result<()> {
+        for addr in [self.user, self.product, self.order, self.payment] {
             eventually(Duration::from_secs(60), || async move {
                 Ok(tokio::net::TcpStream::connect(addr).await.is_ok())
             })
@@ -81,7 +105,7 @@ impl Running {
             let channel = channel(addr).await?;
             wait_for_health(&channel, ServingStatus::Serving, Duration::from_secs(60)).await?;
         }
-        Ok(running)
+        Ok(())
     }
 
     /// SIGKILL: no drain, no flush, nothing the process gets to finish.
