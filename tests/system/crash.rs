@@ -21,6 +21,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::{
+    chart::free_port,
     helpers::{channel, wait_for_health},
     saga::{address, authed, eventually},
 };
@@ -32,12 +33,6 @@ struct Running {
     product: SocketAddr,
     order: SocketAddr,
     payment: SocketAddr,
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 impl Running {
