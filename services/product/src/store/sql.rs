@@ -146,6 +146,18 @@ impl SqlStore {
         Ok(Some(Ok(lines)))
     }
 
+    /// `line` as reserved, with the product's sku, name and price from the row that took it.
+    fn reserved(line: &StockLine, row: &AnyRow) -> Result<ReservedLine, sqlx::Error> {
+        Ok(ReservedLine {
+            product_id: line.product_id.clone(),
+            sku: row.try_get("sku")?,
+            name: row.try_get("name")?,
+            quantity: line.quantity,
+            price_minor: row.try_get("price_minor")?,
+            currency: row.try_get("currency")?,
+        })
+    }
+
     /// Takes every line's stock inside `tx`; the first line that cannot be served
     /// stops it with the error to remember.
     async fn take(
@@ -181,14 +193,7 @@ impl SqlStore {
                     ),
                 }));
             };
-            reserved.push(ReservedLine {
-                product_id: line.product_id.clone(),
-                sku: row.try_get("sku")?,
-                name: row.try_get("name")?,
-                quantity: line.quantity,
-                price_minor: row.try_get("price_minor")?,
-                currency: row.try_get("currency")?,
-            });
+            reserved.push(Self::reserved(line, &row)?);
         }
         Ok(Ok(reserved))
     }
@@ -281,18 +286,11 @@ impl SqlStore {
             tx.rollback().await?;
             return Ok(Some(self.stored_outcome(order_id).await));
         }
-        let Some(sku) = row.try_get::<Option<String>, _>("sku")? else {
+        if row.try_get::<Option<String>, _>("sku")?.is_none() {
             tx.rollback().await?;
             return Ok(None);
-        };
-        let reserved = ReservedLine {
-            product_id: line.product_id.clone(),
-            sku,
-            name: row.try_get("name")?,
-            quantity: line.quantity,
-            price_minor: row.try_get("price_minor")?,
-            currency: row.try_get("currency")?,
-        };
+        }
+        let reserved = Self::reserved(line, &row)?;
         tx.commit().await?;
         Ok(Some(Ok(vec![reserved])))
     }
