@@ -248,51 +248,52 @@ impl SqlStore {
         Ok(())
     }
 
-    /// PostgreSQL's one-line reservation: the claim, the stock and the line in one statement
-    /// (the `WITH` clauses), in a transaction of its own: three round trips where one statement
-    /// at a time takes five. `None` when the stock was not there: nothing is kept, and the
-    /// line-by-line path finds out why and remembers it. Several lines keep that path, which
-    /// locks the products in the lines' order; one UPDATE over several rows would lock them in
-    /// whatever order its plan picks, and two such reservations could deadlock.
+    /// PostgreSQL's one-line reservation: the stock, the claim and the line in one statement
+    /// (the `WITH` clauses) and its own transaction: one round trip where one statement at a
+    /// time takes five, on PlaceOrder's critical path. The stock is taken first and the claim
+    /// written only from what was taken, so a statement that takes nothing writes nothing and
+    /// needs no rollback. `None` when it took nothing (no stock, no product, or this order was
+    /// reserved before): the line-by-line path finds out which and answers or remembers it.
+    /// A concurrent call for the same order that took the stock first makes this claim a
+    /// duplicate key: the whole statement is undone and the line-by-line path reads the
+    /// winner's outcome (against that path's own call for the same order, which claims first,
+    /// the two may deadlock: PostgreSQL then fails one, which a retry gets past). Several lines
+    /// keep that path, which locks the products in the lines'
+    /// order; one UPDATE over several rows would lock them in whatever order its plan picks,
+    /// and two such reservations could deadlock.
     async fn reserve_one_line(
         &self,
         order_id: &str,
         line: &StockLine,
-    ) -> Result<Option<Result<Vec<ReservedLine>, Error>>, Error> {
-        let mut tx = self.db.begin().await?;
-        let row = sqlx::query(
-            "WITH claimed AS (
-                 INSERT INTO reservations (order_id, status, created_at_ms)
-                 VALUES ($1, 'reserved', $4) ON CONFLICT DO NOTHING RETURNING order_id),
-             taken AS (
+    ) -> Result<Option<Vec<ReservedLine>>, Error> {
+        let taken = sqlx::query(
+            "WITH taken AS (
                  UPDATE products SET stock = stock - $3, version = version + 1,
                      updated_at_ms = $4
-                 FROM claimed WHERE product_id = $2 AND stock >= $3
+                 WHERE product_id = $2 AND stock >= $3
+                     AND NOT EXISTS (SELECT 1 FROM reservations WHERE order_id = $1)
                  RETURNING sku, name, price_minor, currency),
+             claimed AS (
+                 INSERT INTO reservations (order_id, status, created_at_ms)
+                 SELECT $1, 'reserved', $4 FROM taken),
              recorded AS (
                  INSERT INTO reservation_items (order_id, product_id, sku, name, quantity,
                      price_minor, currency)
                  SELECT $1, $2, sku, name, $3, price_minor, currency FROM taken)
-             SELECT (SELECT count(*) FROM claimed) AS claimed, taken.*
-             FROM (SELECT 1) AS one LEFT JOIN taken ON true",
+             SELECT sku, name, price_minor, currency FROM taken",
         )
         .bind(order_id)
         .bind(&line.product_id)
         .bind(line.quantity)
         .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
-        if row.try_get::<i64, _>("claimed")? == 0 {
-            tx.rollback().await?;
-            return Ok(Some(self.stored_outcome(order_id).await));
+        .fetch_optional(self.db.pool())
+        .await;
+        match taken {
+            Ok(Some(row)) => Ok(Some(vec![Self::reserved(line, &row)?])),
+            Ok(None) => Ok(None),
+            Err(error) if is_unique_violation(&error) => Ok(None),
+            Err(error) => Err(error.into()),
         }
-        if row.try_get::<Option<String>, _>("sku")?.is_none() {
-            tx.rollback().await?;
-            return Ok(None);
-        }
-        let reserved = Self::reserved(line, &row)?;
-        tx.commit().await?;
-        Ok(Some(Ok(vec![reserved])))
     }
 
     /// Claims the reservation, then takes and records the lines one statement at a time.
@@ -469,9 +470,9 @@ impl ProductStore for SqlStore {
         Box::pin(async move {
             if let [line] = lines
                 && self.db.backend() == Backend::Postgres
-                && let Some(outcome) = self.reserve_one_line(order_id, line).await?
+                && let Some(reserved) = self.reserve_one_line(order_id, line).await?
             {
-                return outcome;
+                return Ok(reserved);
             }
             self.reserve_line_by_line(order_id, lines).await
         })
