@@ -10,7 +10,7 @@ use std::time::Duration;
 
 pub use relay::{OutboxRelay, RelayConfig};
 pub(crate) use table::install;
-pub use table::{EVENT_COLUMNS, Outbox, RECORD_PROCESSED, append, bind_event, record_processed};
+pub use table::{EVENT_COLUMNS, Outbox, append, bind_event, record_processed};
 
 use super::{Envelope, EnvelopeError};
 

@@ -100,25 +100,23 @@ pub async fn append(conn: &mut AnyConnection, envelope: &Envelope) -> Result<(),
     Ok(())
 }
 
-/// [`record_processed`]'s statement, $1 the consumer, $2 the event id, $3 the time: for a
-/// statement that records the event along with reading what it changes (PostgreSQL's `WITH`),
-/// which binds the same three values first.
-pub const RECORD_PROCESSED: &str = "INSERT INTO processed_events (consumer, event_id,
-    processed_at_ms) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
-
-/// Records that `consumer` applied `event_id`, inside the transaction that applies it. Returns
-/// false when it was already recorded: the caller then skips the effect (a redelivery).
+/// Records that `consumer` applied `event_id`, inside the transaction that applies it (or on
+/// its own, for an event that changes nothing). Returns false when it was already recorded: the
+/// caller then skips the effect (a redelivery).
 pub async fn record_processed(
     conn: &mut AnyConnection,
     consumer: &str,
     event_id: &str,
 ) -> Result<bool, OutboxError> {
-    let inserted = sqlx::query(RECORD_PROCESSED)
-        .bind(consumer)
-        .bind(event_id)
-        .bind(now_ms())
-        .execute(&mut *conn)
-        .await?;
+    let inserted = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at_ms)
+         VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .bind(now_ms())
+    .execute(&mut *conn)
+    .await?;
     Ok(inserted.rows_affected() == 1)
 }
 

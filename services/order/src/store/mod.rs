@@ -345,6 +345,38 @@ mod tests {
         .await;
     }
 
+    /// A redelivery racing the first delivery (the broker hands a message to another consumer
+    /// while the first is still applying it) is applied once.
+    #[tokio::test]
+    async fn one_event_delivered_several_times_at_once_changes_the_order_once() {
+        on_every_backend(|store| async move {
+            store
+                .begin_checkout("o1")
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let placed = store.place(&order("o1"), &created("o1")).await;
+            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+            let announced = created("o1");
+            let mut expected = outbox_ids(&store).await;
+            expected.push(announced.id().to_owned());
+
+            let decide = confirm(vec![announced]);
+            let deliveries = (0..8).map(|_| change(&store, "o1", "e1", &decide));
+            let outcomes = futures::future::join_all(deliveries).await;
+            let applied = outcomes
+                .iter()
+                .filter(|c| matches!(c, Changed::Applied(_)))
+                .count();
+            let duplicates = outcomes
+                .iter()
+                .filter(|c| matches!(c, Changed::Duplicate))
+                .count();
+            assert_eq!((applied, duplicates), (1, 7), "{outcomes:?}");
+            assert_eq!(outbox_ids(&store).await, expected, "announced once");
+        })
+        .await;
+    }
+
     #[tokio::test]
     async fn a_refused_checkout_is_forgotten() {
         on_every_backend(|store| async move {

@@ -1,8 +1,8 @@
 //! The order store in SQL, one text for PostgreSQL and SQLite except where PostgreSQL does in one
-//! statement what SQLite does in several (placing an order, recording an event with the read of
-//! its order, a change with its events): the same steps in the same transaction either way. A
-//! change is guarded by the status it was decided on (`WHERE status = $old`), so two concurrent
-//! changes cannot both apply; the loser decides again on what the winner left.
+//! statement what SQLite does in several (placing an order; a change with the record of its
+//! event and its own events). A change is guarded by the status it was decided on
+//! (`WHERE status = $old`), so two concurrent changes cannot both apply; the loser decides
+//! again on what the winner left.
 
 use shop_common::{
     Error,
@@ -11,7 +11,6 @@ use shop_common::{
     paging::Cursor,
     storage::{Backend, Db, is_unique_violation},
 };
-use std::sync::LazyLock;
 
 use sqlx::{
     Any, AnyConnection, AnyPool, Row as _, Transaction,
@@ -137,22 +136,18 @@ const LOAD: &str = concat!(
     " WHERE order_id = $1 ORDER BY item_product_id"
 );
 
-/// PostgreSQL records the event a change applies and reads the order in one statement: `fresh`
-/// is 0 when the event was recorded before (a redelivery), and an order that does not exist
-/// leaves one row of NULLs. The order's id is $4, after the record's three values.
-static RECORD_AND_LOAD: LazyLock<String> = LazyLock::new(|| {
-    format!(
-        "WITH processed AS ({record} RETURNING event_id)
-         SELECT (SELECT count(*) FROM processed) AS fresh, loaded.*
-         FROM (SELECT 1) AS one
-         LEFT JOIN ({load} WHERE order_id = $4) AS loaded ON true
-         ORDER BY item_product_id",
-        record = outbox::RECORD_PROCESSED,
-        load = orders_with_lines!(),
-    )
-});
+/// PostgreSQL's read before applying an event: the order with its lines ($1) and whether the
+/// event ($2 the consumer, $3 its id) was applied before; an order that does not exist leaves
+/// one row of NULLs beside `seen`.
+const LOAD_FOR_EVENT: &str = concat!(
+    "SELECT EXISTS (SELECT 1 FROM processed_events WHERE consumer = $2 AND event_id = $3)
+         AS seen, loaded.*
+     FROM (SELECT 1) AS one LEFT JOIN (",
+    orders_with_lines!(),
+    " WHERE order_id = $1) AS loaded ON true ORDER BY item_product_id"
+);
 
-/// What a change finds once it has recorded its event.
+/// What a change finds before deciding.
 enum Found {
     Order(Box<Order>),
     Missing,
@@ -181,26 +176,37 @@ fn placeholder_rows(first: usize, width: usize, rows: usize) -> Vec<String> {
         .collect()
 }
 
-/// PostgreSQL applies a change and appends its events in one statement (one round trip
-/// instead of one per event more); the events go in in their order, after $1..$5 of
-/// [`change_update!`], five values each.
-fn change_statement(events: usize) -> String {
-    let rows: Vec<String> = placeholder_rows(6, 5, events)
+/// PostgreSQL applies a change in one statement: the guarded UPDATE ($1..$5 of
+/// [`change_update!`]), and only if it updated the order, the record of the event it applies
+/// ($6 the consumer, $7 the event's id, when `recording`) and its events in their order (five
+/// values each, after those).
+fn change_statement(events: usize, recording: bool) -> String {
+    let first_event = if recording { 8 } else { 6 };
+    let rows: Vec<String> = placeholder_rows(first_event, 5, events)
         .iter()
         .enumerate()
         .map(|(at, row)| format!("({at}, {row})"))
         .collect();
-    format!(
-        "WITH updated AS ({update} RETURNING order_id),
-         appended AS (
-             INSERT INTO outbox ({event})
-             SELECT {event} FROM updated, (VALUES {rows}) AS event (position, {event})
-             ORDER BY position)
-         SELECT count(*) AS updated FROM updated",
-        update = change_update!(),
-        event = outbox::EVENT_COLUMNS,
-        rows = rows.join(", "),
-    )
+    let mut statement = format!("WITH updated AS ({} RETURNING order_id)", change_update!());
+    if recording {
+        statement.push_str(
+            ", processed AS (
+                 INSERT INTO processed_events (consumer, event_id, processed_at_ms)
+                 SELECT $6, $7, $4 FROM updated)",
+        );
+    }
+    if events > 0 {
+        statement.push_str(&format!(
+            ", appended AS (
+                 INSERT INTO outbox ({event})
+                 SELECT {event} FROM updated, (VALUES {rows}) AS event (position, {event})
+                 ORDER BY position)",
+            event = outbox::EVENT_COLUMNS,
+            rows = rows.join(", "),
+        ));
+    }
+    statement.push_str(" SELECT count(*) AS updated FROM updated");
+    statement
 }
 
 async fn load(conn: &mut AnyConnection, order_id: &str) -> Result<Option<Order>, Error> {
@@ -527,8 +533,9 @@ impl OrderStore {
         orders_of(&rows)
     }
 
-    /// Reads the order, lets `decide` choose a change, and applies it with its events, all in
-    /// one transaction; a concurrent change makes it decide again on the fresh order.
+    /// Reads the order, lets `decide` choose a change, and applies it with its events and the
+    /// record of the event it applies, all or nothing; a concurrent change makes it decide
+    /// again on the fresh order.
     pub(crate) async fn change(
         &self,
         order_id: &str,
@@ -536,7 +543,14 @@ impl OrderStore {
         decide: &Decide<'_>,
     ) -> Result<Changed, Error> {
         for _ in 0..CHANGE_ATTEMPTS {
-            if let Some(changed) = self.try_change(order_id, applying, decide).await? {
+            let attempt = match self.db.backend() {
+                Backend::Postgres => self.try_change_unlocked(order_id, applying, decide).await?,
+                Backend::Sqlite | Backend::MongoDb => {
+                    self.try_change_in_transaction(order_id, applying, decide)
+                        .await?
+                }
+            };
+            if let Some(changed) = attempt {
                 return Ok(changed);
             }
         }
@@ -545,18 +559,23 @@ impl OrderStore {
         )))
     }
 
-    /// One attempt of [`OrderStore::change`]; `None` when a concurrent change won.
-    async fn try_change(
+    /// One attempt of [`OrderStore::change`] on SQLite, in a transaction (which holds the
+    /// database's one write lock): the event recorded first, then the order read, changed and
+    /// its events appended. `None` when a concurrent change won.
+    async fn try_change_in_transaction(
         &self,
         order_id: &str,
         applying: Option<Applying<'_>>,
         decide: &Decide<'_>,
     ) -> Result<Option<Changed>, Error> {
         let mut tx = self.begin().await?;
-        let order = match self.record_and_load(&mut tx, order_id, applying).await? {
-            Found::Order(order) => *order,
-            Found::Missing => return Ok(Some(Changed::Missing)),
-            Found::Duplicate => return Ok(Some(Changed::Duplicate)),
+        if let Some(a) = applying
+            && !outbox::record_processed(&mut tx, a.consumer, a.event_id).await?
+        {
+            return Ok(Some(Changed::Duplicate));
+        }
+        let Some(order) = load(&mut tx, order_id).await? else {
+            return Ok(Some(Changed::Missing));
         };
         let Some(Change {
             status,
@@ -568,80 +587,138 @@ impl OrderStore {
             return Ok(Some(Changed::Unchanged(order)));
         };
         let now = now_ms();
-        let update = |sql| {
-            sqlx::query(sql)
-                .bind(order_id)
-                .bind(status.as_str())
-                .bind(&cancel_reason)
-                .bind(now)
-                .bind(order.status.as_str())
+        let updated = sqlx::query(change_update!())
+            .bind(order_id)
+            .bind(status.as_str())
+            .bind(&cancel_reason)
+            .bind(now)
+            .bind(order.status.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+            == 1;
+        if !updated {
+            return Ok(None);
+        }
+        for event in &events {
+            outbox::append(&mut tx, event).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(self.applied(
+            order,
+            status,
+            cancel_reason,
+            now,
+            &events,
+        )))
+    }
+
+    /// One attempt of [`OrderStore::change`] on PostgreSQL, in two statements and no
+    /// transaction of its own (two round trips where a transaction took four): a read of the
+    /// order and of whether the event was applied before, then [`change_statement`], which
+    /// writes only if the order still has the status the change was decided on. Two deliveries
+    /// of one event at once: the second's UPDATE waits for the first and then finds the status
+    /// moved on (or its record of the event is a duplicate key, which undoes its statement),
+    /// and its next attempt reads the event as applied. `None` when a concurrent change won.
+    async fn try_change_unlocked(
+        &self,
+        order_id: &str,
+        applying: Option<Applying<'_>>,
+        decide: &Decide<'_>,
+    ) -> Result<Option<Changed>, Error> {
+        let order = match self.load_for_change(order_id, applying).await? {
+            Found::Order(order) => *order,
+            Found::Missing => return Ok(Some(Changed::Missing)),
+            Found::Duplicate => return Ok(Some(Changed::Duplicate)),
         };
-        let updated = if self.db.backend() == Backend::Postgres && !events.is_empty() {
-            // Only numbered placeholders are in the text; every value is bound.
-            let statement = sqlx::AssertSqlSafe(change_statement(events.len()));
-            let query = events.iter().fold(update(statement), outbox::bind_event);
-            query
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get::<i64, _>("updated")?
-                == 1
-        } else {
-            let updated = update(sqlx::AssertSqlSafe(change_update!().to_owned()))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if updated {
-                for event in &events {
-                    outbox::append(&mut tx, event).await?;
+        let Some(Change {
+            status,
+            cancel_reason,
+            events,
+        }) = decide(&order)?
+        else {
+            if let Some(a) = applying {
+                let mut conn = self.db.pool().acquire().await?;
+                if !outbox::record_processed(&mut conn, a.consumer, a.event_id).await? {
+                    return Ok(Some(Changed::Duplicate));
                 }
             }
-            updated
+            return Ok(Some(Changed::Unchanged(order)));
+        };
+        let now = now_ms();
+        // Only numbered placeholders are in the text; every value is bound.
+        let statement = change_statement(events.len(), applying.is_some());
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement))
+            .bind(order_id)
+            .bind(status.as_str())
+            .bind(&cancel_reason)
+            .bind(now)
+            .bind(order.status.as_str());
+        if let Some(a) = applying {
+            query = query.bind(a.consumer).bind(a.event_id);
+        }
+        let query = events.iter().fold(query, outbox::bind_event);
+        let updated = match query.fetch_one(self.db.pool()).await {
+            Ok(row) => row.try_get::<i64, _>("updated")? == 1,
+            // A concurrent delivery of this event recorded it without a change.
+            Err(error) if is_unique_violation(&error) => false,
+            Err(error) => return Err(error.into()),
         };
         if !updated {
             return Ok(None);
         }
-        tx.commit().await?;
+        Ok(Some(self.applied(
+            order,
+            status,
+            cancel_reason,
+            now,
+            &events,
+        )))
+    }
+
+    /// The order as a change left it; wakes the relay when the change announced something.
+    fn applied(
+        &self,
+        order: Order,
+        status: Status,
+        cancel_reason: String,
+        now: i64,
+        events: &[Envelope],
+    ) -> Changed {
         if !events.is_empty() {
             self.db.events_committed();
         }
-        Ok(Some(Changed::Applied(Order {
+        Changed::Applied(Order {
             status,
             cancel_reason,
             updated_at_ms: now,
             ..order
-        })))
+        })
     }
 
-    /// Records the event being applied (if any) and reads the order, inside `tx`.
-    async fn record_and_load(
+    /// PostgreSQL's read before a change: the order, and whether the event being applied (if
+    /// any) was applied before.
+    async fn load_for_change(
         &self,
-        tx: &mut AnyConnection,
         order_id: &str,
         applying: Option<Applying<'_>>,
     ) -> Result<Found, Error> {
         let found =
             |order: Option<Order>| order.map_or(Found::Missing, |o| Found::Order(Box::new(o)));
+        let mut conn = self.db.pool().acquire().await?;
         let Some(a) = applying else {
-            return Ok(found(load(tx, order_id).await?));
+            return Ok(found(load(&mut conn, order_id).await?));
         };
-        if self.db.backend() != Backend::Postgres {
-            if !outbox::record_processed(tx, a.consumer, a.event_id).await? {
-                return Ok(Found::Duplicate);
-            }
-            return Ok(found(load(tx, order_id).await?));
-        }
-        let rows = sqlx::query(sqlx::AssertSqlSafe(RECORD_AND_LOAD.as_str()))
+        let rows = sqlx::query(LOAD_FOR_EVENT)
+            .bind(order_id)
             .bind(a.consumer)
             .bind(a.event_id)
-            .bind(now_ms())
-            .bind(order_id)
-            .fetch_all(&mut *tx)
+            .fetch_all(&mut *conn)
             .await?;
         let first = rows
             .first()
-            .ok_or_else(|| Error::internal("recording an event read no row"))?;
-        if first.try_get::<i64, _>("fresh")? == 0 {
+            .ok_or_else(|| Error::internal("reading an order for an event read no row"))?;
+        if first.try_get::<bool, _>("seen")? {
             return Ok(Found::Duplicate);
         }
         if first.try_get::<Option<&str>, _>("order_id")?.is_none() {
