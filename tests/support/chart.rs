@@ -6,10 +6,11 @@
 #![allow(dead_code)]
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
+    sync::{Mutex, PoisonError},
 };
 
 use anyhow::{Context as _, bail, ensure};
@@ -31,8 +32,23 @@ pub(crate) fn binaries() -> anyhow::Result<PathBuf> {
     Ok(folder.to_owned())
 }
 
+/// Ports handed out by [`free_port`] in this process, never handed out twice.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// A loopback port nothing listens on, for a process a test starts. Drawn at random from below
+/// the kernel's ephemeral range (32768 and up on Linux): a port the kernel picked there (bind to
+/// port 0) can be the local port of another test's next outgoing connection before the process
+/// meant to listen on it binds it, which then exits with "Address already in use".
 pub(crate) fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+    for _ in 0..1000 {
+        let port = fastrand::u16(20_000..32_768);
+        if !handed_out.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.insert(port);
+            return Ok(port);
+        }
+    }
+    bail!("no free loopback port between 20000 and 32767 after 1000 tries")
 }
 
 /// Every object `helm template` rendered, as JSON values.
