@@ -157,6 +157,16 @@ mod tests {
         )
     }
 
+    /// `order` placed the way a checkout places it: its checkout noted, then the order written.
+    async fn place_new(store: &OrderStore, order: &Order) {
+        store
+            .begin_checkout(&order.id)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let placed = store.place(order, &created(&order.id)).await;
+        assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+    }
+
     #[tokio::test]
     async fn an_abandoned_checkout_is_taken_once_and_its_late_order_refused() {
         on_every_backend(|store| async move {
@@ -228,12 +238,7 @@ mod tests {
                 let mut new = order(id);
                 new.items = lines(id, count);
                 new.created_at_ms = i64::try_from(at).unwrap_or(0) + 1;
-                store
-                    .begin_checkout(id)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}"));
-                let placed = store.place(&new, &created(id)).await;
-                assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+                place_new(&store, &new).await;
             }
             let filter = ListFilter::default();
             let first = store.list(&filter, None, 2).await.unwrap_or_default();
@@ -306,12 +311,7 @@ mod tests {
     #[tokio::test]
     async fn an_event_changes_an_order_once_and_appends_its_events_in_order() {
         on_every_backend(|store| async move {
-            store
-                .begin_checkout("o1")
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let placed = store.place(&order("o1"), &created("o1")).await;
-            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+            place_new(&store, &order("o1")).await;
             let announced = [created("o1"), created("o1")];
             let mut expected = outbox_ids(&store).await;
             expected.extend(announced.iter().map(|e| e.id().to_owned()));
@@ -350,12 +350,7 @@ mod tests {
     #[tokio::test]
     async fn one_event_delivered_several_times_at_once_changes_the_order_once() {
         on_every_backend(|store| async move {
-            store
-                .begin_checkout("o1")
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let placed = store.place(&order("o1"), &created("o1")).await;
-            assert!(matches!(placed, Ok(Placed::New(_))), "{placed:?}");
+            place_new(&store, &order("o1")).await;
             let announced = created("o1");
             let mut expected = outbox_ids(&store).await;
             expected.push(announced.id().to_owned());
