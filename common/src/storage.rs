@@ -248,18 +248,7 @@ async fn connect_sqlite(setting: &str, url: &str) -> Result<AnyPool, StorageErro
 /// The URL of database `name` on the PostgreSQL server of `server_url`, created if missing, so
 /// one server can hold every service's database (`shop_user`, `shop_order`, …).
 pub async fn database_on(server_url: &str, name: &str) -> Result<String, StorageError> {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-    if !valid {
-        return Err(ConfigError::new(
-            "database name",
-            format!("{name:?} must be 1 to 63 of a-z, 0-9 and _"),
-        )
-        .into());
-    }
+    plain_database_name(name)?;
     let mut url = url::Url::parse(server_url)
         .map_err(|e| ConfigError::new("--database-url", format!("not a URL: {e}")))?;
     let mut admin = PgConnection::connect(server_url).await?;
@@ -283,6 +272,76 @@ pub async fn database_on(server_url: &str, name: &str) -> Result<String, Storage
     admin.close().await.ok();
     url.set_path(name);
     Ok(url.to_string())
+}
+
+/// Drops database `name` from the PostgreSQL server of `server_url`, ending its sessions first;
+/// nothing if it is gone already. For tests, which make theirs with [`database_on`].
+pub async fn drop_database(server_url: &str, name: &str) -> Result<(), StorageError> {
+    plain_database_name(name)?;
+    let mut admin = PgConnection::connect(server_url).await?;
+    // `name` was checked to be a plain identifier; DROP DATABASE takes no parameters.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await?;
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// A database made with [`database_on`] for a test: dropped, its sessions ended, when this is,
+/// so a developer's server does not collect them; kept when this is dropped by a panic (a
+/// failed assertion), so the failed test's data can be looked at.
+pub struct ScratchDatabase {
+    server_url: String,
+    name: String,
+}
+
+impl ScratchDatabase {
+    pub fn new(server_url: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            server_url: server_url.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl Drop for ScratchDatabase {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("database {} kept for the post-mortem", self.name);
+            return;
+        }
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        // Drop cannot await on the caller's runtime: a thread with a runtime of its own.
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|runtime| runtime.block_on(drop_database(&server_url, &name)))
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(Ok(())))) {
+            eprintln!("database {} was left on the server: {dropped:?}", self.name);
+        }
+    }
+}
+
+/// A database name that can go into a statement's text as it is: 1 to 63 of a-z, 0-9 and _.
+fn plain_database_name(name: &str) -> Result<(), ConfigError> {
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            "database name",
+            format!("{name:?} must be 1 to 63 of a-z, 0-9 and _"),
+        ))
+    }
 }
 
 /// A database error as the client should see it: one a retry may get past is UNAVAILABLE (see

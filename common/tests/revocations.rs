@@ -10,7 +10,7 @@ use shop_common::{
     },
     clock::now_ms,
     events::Envelope,
-    storage::{Db, database_on},
+    storage::{Db, ScratchDatabase, database_on},
 };
 use sqlx::Row as _;
 
@@ -21,6 +21,7 @@ const MINUTE_MS: i64 = 60_000;
 struct Database {
     db: Db,
     _dir: Option<tempfile::TempDir>,
+    _scratch: Option<ScratchDatabase>,
 }
 
 async fn sqlite() -> anyhow::Result<Option<Database>> {
@@ -31,6 +32,7 @@ async fn sqlite() -> anyhow::Result<Option<Database>> {
     Ok(Some(Database {
         db,
         _dir: Some(dir),
+        _scratch: None,
     }))
 }
 
@@ -42,7 +44,11 @@ async fn postgres() -> anyhow::Result<Option<Database>> {
     let name = format!("test_revocations_{}", uuid::Uuid::new_v4().simple());
     let db = Db::connect("DATABASE_URL", &database_on(&server, &name).await?).await?;
     db.migrate(&MIGRATOR).await?;
-    Ok(Some(Database { db, _dir: None }))
+    Ok(Some(Database {
+        db,
+        _dir: None,
+        _scratch: Some(ScratchDatabase::new(server, name)),
+    }))
 }
 
 fn revoked(user_id: &str, not_before_ms: i64) -> Revocation {

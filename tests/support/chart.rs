@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine as _;
 use serde_json::Value;
-use shop_common::storage::database_on;
+use shop_common::storage::{ScratchDatabase, database_on};
 use tokio::process::{Child, Command};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -360,6 +360,8 @@ pub(crate) struct LocalDeployment {
     pub(crate) admin: (String, String),
     pods: BTreeMap<&'static str, Container>,
     running: BTreeMap<&'static str, Child>,
+    /// Dropped after the processes above are killed (`kill_on_drop`).
+    _scratch: Vec<ScratchDatabase>,
     _vhost: Vhost,
 }
 
@@ -381,12 +383,15 @@ impl LocalDeployment {
         std::fs::create_dir_all(&logs)?;
 
         let mut databases = BTreeMap::new();
+        let mut scratch_databases = Vec::new();
         let mut routed = BTreeMap::new();
         for (service, short) in SERVICES
             .into_iter()
             .zip(["user", "product", "order", "payment"])
         {
-            let url = database_on(server, &format!("test_{name}_{run}_{short}")).await?;
+            let database = format!("test_{name}_{run}_{short}");
+            let url = database_on(server, &database).await?;
+            scratch_databases.push(ScratchDatabase::new(server, database));
             routed.insert(short, (routes.database)(service, &url)?);
             databases.insert(service, url);
         }
@@ -491,6 +496,7 @@ impl LocalDeployment {
             objects,
             ports,
             databases,
+            _scratch: scratch_databases,
             broker,
             admin,
             pods,

@@ -7,7 +7,7 @@ use shop_common::{
         Envelope, EventPublisher,
         outbox::{self, Outbox, OutboxRelay, RelayConfig},
     },
-    storage::{Db as Database, database_on},
+    storage::{Db as Database, ScratchDatabase, database_on},
 };
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
@@ -21,22 +21,31 @@ pub(crate) struct Db {
     /// relay in-process.
     db: Database,
     _dir: Option<tempfile::TempDir>,
+    _scratch: Option<ScratchDatabase>,
 }
 
 impl Db {
-    async fn open(url: &str, dir: Option<tempfile::TempDir>) -> anyhow::Result<Self> {
+    async fn open(
+        url: &str,
+        dir: Option<tempfile::TempDir>,
+        scratch: Option<ScratchDatabase>,
+    ) -> anyhow::Result<Self> {
         let db = Database::connect("DATABASE_URL", url).await?;
         db.migrate(&MIGRATOR).await?;
         sqlx::query("CREATE TABLE effects (event_id TEXT NOT NULL)")
             .execute(db.pool())
             .await?;
-        Ok(Self { db, _dir: dir })
+        Ok(Self {
+            db,
+            _dir: dir,
+            _scratch: scratch,
+        })
     }
 
     pub(crate) async fn sqlite() -> anyhow::Result<Option<Self>> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("outbox.db").display());
-        Ok(Some(Self::open(&url, Some(dir)).await?))
+        Ok(Some(Self::open(&url, Some(dir), None).await?))
     }
 
     /// A fresh database on the `DATABASE_URL` server; `None` (skipped, said so) without one.
@@ -47,7 +56,8 @@ impl Db {
         };
         let name = format!("test_outbox_{}", uuid::Uuid::new_v4().simple());
         let url = database_on(&server, &name).await?;
-        Ok(Some(Self::open(&url, None).await?))
+        let scratch = ScratchDatabase::new(server, name);
+        Ok(Some(Self::open(&url, None, Some(scratch)).await?))
     }
 
     /// Appends `events` in one transaction, committed or rolled back.

@@ -10,7 +10,7 @@ use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus, RabbitBus},
     service::Start,
-    storage::database_on,
+    storage::{ScratchDatabase, database_on},
 };
 use shop_proto::{
     common::v1::Money,
@@ -63,8 +63,8 @@ pub(crate) struct Shop {
     payment: Option<Running>,
     bus: Arc<dyn EventBus>,
     vhost: Option<String>,
-    /// The PostgreSQL server and this test's databases on it, dropped with the shop.
-    pg_databases: Option<(String, Vec<String>)>,
+    /// This test's databases on the PostgreSQL server, dropped after [`Shop`]'s own drop.
+    _pg_databases: Vec<ScratchDatabase>,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     _dir: tempfile::TempDir,
@@ -120,7 +120,7 @@ impl Shop {
     pub(crate) async fn start(backend: Backend) -> anyhow::Result<Option<Self>> {
         let dir = tempfile::tempdir()?;
         let run = uuid::Uuid::new_v4().simple().to_string();
-        let mut pg_databases = None;
+        let mut pg_databases = Vec::new();
         let (databases, bus, vhost): (Vec<String>, Arc<dyn EventBus>, _) = match backend {
             Backend::Embedded => {
                 let file = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
@@ -141,13 +141,11 @@ impl Shop {
                     return Ok(None);
                 };
                 let mut databases = Vec::new();
-                let mut names = Vec::new();
                 for service in ["user", "product", "order", "payment"] {
                     let name = format!("test_saga_{run}_{service}");
                     databases.push(database_on(&server, &name).await?);
-                    names.push(name);
+                    pg_databases.push(ScratchDatabase::new(&server, name));
                 }
-                pg_databases = Some((server.clone(), names));
                 let vhost = format!("test-saga-{run}");
                 add_vhost(&vhost).await?;
                 let mut url = url::Url::parse(&amqp)?;
@@ -212,7 +210,7 @@ impl Shop {
             payment: None,
             bus,
             vhost,
-            pg_databases,
+            _pg_databases: pg_databases,
             shutdown,
             tasks,
             _dir: dir,
@@ -461,21 +459,6 @@ impl Drop for Shop {
                 .args(["delete_vhost", &vhost])
                 .output();
         }
-        // Kept after a failed assertion, for the post-mortem; otherwise each test's four
-        // databases (some 30 MB) would stay on the developer's server. FORCE ends the aborted services'
-        // connections.
-        if !std::thread::panicking()
-            && let Some((server, names)) = self.pg_databases.take()
-        {
-            for name in names {
-                let _ = std::process::Command::new("psql")
-                    .args([
-                        &server,
-                        "-qc",
-                        &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                    ])
-                    .output();
-            }
-        }
+        // The databases (`_pg_databases`) are dropped after this, the services' tasks aborted.
     }
 }

@@ -105,15 +105,9 @@ mod tests {
         let db = migrated(&url).await;
         check(OrderStore::new(db.clone())).await;
         db.pool().close().await;
-        let mut admin = <sqlx::PgConnection as sqlx::Connection>::connect(&server)
+        storage::drop_database(&server, &name)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {name} WITH (FORCE)"
-        )))
-        .execute(&mut admin)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn order(id: &str) -> Order {

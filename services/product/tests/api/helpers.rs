@@ -12,7 +12,7 @@ use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus},
     service::Start,
-    storage::database_on,
+    storage::{ScratchDatabase, database_on},
 };
 use shop_proto::{
     common::v1::Money,
@@ -35,20 +35,25 @@ pub(crate) enum Backend {
     Mongo,
 }
 
-/// The catalogue database of one test; `None` (skipped, said so) when the backend is absent.
-async fn database(backend: Backend, dir: &tempfile::TempDir) -> anyhow::Result<Option<String>> {
+/// The catalogue database of one test (and, on PostgreSQL, the guard that drops it); `None`
+/// (skipped, said so) when the backend is absent.
+async fn database(
+    backend: Backend,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<Option<(String, Option<ScratchDatabase>)>> {
     let name = format!("test_product_{}", uuid::Uuid::new_v4().simple());
     match backend {
-        Backend::Sqlite => Ok(Some(format!(
-            "sqlite://{}",
-            dir.path().join("product.db").display()
+        Backend::Sqlite => Ok(Some((
+            format!("sqlite://{}", dir.path().join("product.db").display()),
+            None,
         ))),
         Backend::Postgres => {
             let Ok(server) = std::env::var("DATABASE_URL") else {
                 eprintln!("skipped: DATABASE_URL is not set, so PostgreSQL is not tested");
                 return Ok(None);
             };
-            Ok(Some(database_on(&server, &name).await?))
+            let url = database_on(&server, &name).await?;
+            Ok(Some((url, Some(ScratchDatabase::new(server, name)))))
         }
         Backend::Mongo => {
             let Ok(server) = std::env::var("MONGODB_URL") else {
@@ -57,11 +62,12 @@ async fn database(backend: Backend, dir: &tempfile::TempDir) -> anyhow::Result<O
             };
             let (base, query) = server.split_once('?').unwrap_or((&server, ""));
             let base = base.trim_end_matches('/');
-            Ok(Some(if query.is_empty() {
+            let url = if query.is_empty() {
                 format!("{base}/{name}")
             } else {
                 format!("{base}/{name}?{query}")
-            }))
+            };
+            Ok(Some((url, None)))
         }
     }
 }
@@ -90,6 +96,7 @@ pub(crate) struct Shop {
     product_stop: CancellationToken,
     product_task: Option<JoinHandle<anyhow::Result<()>>>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
+    _scratch: Option<ScratchDatabase>,
     _dir: tempfile::TempDir,
 }
 
@@ -128,7 +135,7 @@ async fn channel(addr: std::net::SocketAddr) -> anyhow::Result<Channel> {
 impl Shop {
     pub(crate) async fn start(backend: Backend) -> anyhow::Result<Option<Self>> {
         let dir = tempfile::tempdir()?;
-        let Some(catalogue) = database(backend, &dir).await? else {
+        let Some((catalogue, scratch)) = database(backend, &dir).await? else {
             return Ok(None);
         };
         let shutdown = CancellationToken::new();
@@ -211,6 +218,7 @@ impl Shop {
             product_stop,
             product_task: Some(product_task),
             tasks: vec![user_task],
+            _scratch: scratch,
             _dir: dir,
         }))
     }

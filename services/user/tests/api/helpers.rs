@@ -19,7 +19,7 @@ use shop_common::{
         Subscription,
     },
     service::{Start, StartError},
-    storage::database_on,
+    storage::{ScratchDatabase, database_on},
 };
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -42,6 +42,7 @@ pub(crate) enum Backend {
 pub(crate) struct Db {
     url: String,
     _dir: Option<tempfile::TempDir>,
+    _scratch: Option<ScratchDatabase>,
 }
 
 impl Db {
@@ -54,6 +55,7 @@ impl Db {
                 Ok(Some(Self {
                     url,
                     _dir: Some(dir),
+                    _scratch: None,
                 }))
             }
             Backend::Postgres => {
@@ -65,6 +67,7 @@ impl Db {
                 Ok(Some(Self {
                     url: database_on(&server, &name).await?,
                     _dir: None,
+                    _scratch: Some(ScratchDatabase::new(server, name)),
                 }))
             }
         }
