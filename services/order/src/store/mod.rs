@@ -45,7 +45,8 @@ pub(crate) struct Applying<'a> {
     pub(crate) event_id: &'a str,
 }
 
-/// Decides a change from the order as it is inside the transaction.
+/// Decides a change from the order as read; the change is applied only while the order still
+/// has the status it was decided on, or decided again.
 pub(crate) type Decide<'a> = dyn Fn(&Order) -> Result<Option<Change>, Error> + Send + Sync + 'a;
 
 #[derive(Debug, Clone, Default)]
