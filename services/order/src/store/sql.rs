@@ -164,6 +164,21 @@ macro_rules! change_update {
     };
 }
 
+/// Binds [`change_update!`]'s $1..$5 for `change` of `order` (decided on its status) at `now`.
+fn bind_change<'q>(
+    query: Query<'q, Any, AnyArguments>,
+    order: &'q Order,
+    change: &'q Change,
+    now: i64,
+) -> Query<'q, Any, AnyArguments> {
+    query
+        .bind(order.id.as_str())
+        .bind(change.status.as_str())
+        .bind(change.cancel_reason.as_str())
+        .bind(now)
+        .bind(order.status.as_str())
+}
+
 /// `rows` rows of `width` numbered placeholders from `$first` on, each as "$a, $b, …", for a
 /// `VALUES` list: only numbers go into a statement's text, every value is bound.
 fn placeholder_rows(first: usize, width: usize, rows: usize) -> Vec<String> {
@@ -577,22 +592,12 @@ impl OrderStore {
         let Some(order) = load(&mut tx, order_id).await? else {
             return Ok(Some(Changed::Missing));
         };
-        let Some(Change {
-            status,
-            cancel_reason,
-            events,
-        }) = decide(&order)?
-        else {
+        let Some(change) = decide(&order)? else {
             tx.commit().await?;
             return Ok(Some(Changed::Unchanged(order)));
         };
         let now = now_ms();
-        let updated = sqlx::query(change_update!())
-            .bind(order_id)
-            .bind(status.as_str())
-            .bind(&cancel_reason)
-            .bind(now)
-            .bind(order.status.as_str())
+        let updated = bind_change(sqlx::query(change_update!()), &order, &change, now)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -600,17 +605,11 @@ impl OrderStore {
         if !updated {
             return Ok(None);
         }
-        for event in &events {
+        for event in &change.events {
             outbox::append(&mut tx, event).await?;
         }
         tx.commit().await?;
-        Ok(Some(self.applied(
-            order,
-            status,
-            cancel_reason,
-            now,
-            &events,
-        )))
+        Ok(Some(self.applied(order, change, now)))
     }
 
     /// One attempt of [`OrderStore::change`] on PostgreSQL, in two statements and no
@@ -631,12 +630,7 @@ impl OrderStore {
             Found::Missing => return Ok(Some(Changed::Missing)),
             Found::Duplicate => return Ok(Some(Changed::Duplicate)),
         };
-        let Some(Change {
-            status,
-            cancel_reason,
-            events,
-        }) = decide(&order)?
-        else {
+        let Some(change) = decide(&order)? else {
             if let Some(a) = applying {
                 let mut conn = self.db.pool().acquire().await?;
                 if !outbox::record_processed(&mut conn, a.consumer, a.event_id).await? {
@@ -647,17 +641,17 @@ impl OrderStore {
         };
         let now = now_ms();
         // Only numbered placeholders are in the text; every value is bound.
-        let statement = change_statement(events.len(), applying.is_some());
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(statement))
-            .bind(order_id)
-            .bind(status.as_str())
-            .bind(&cancel_reason)
-            .bind(now)
-            .bind(order.status.as_str());
+        let statement = change_statement(change.events.len(), applying.is_some());
+        let mut query = bind_change(
+            sqlx::query(sqlx::AssertSqlSafe(statement)),
+            &order,
+            &change,
+            now,
+        );
         if let Some(a) = applying {
             query = query.bind(a.consumer).bind(a.event_id);
         }
-        let query = events.iter().fold(query, outbox::bind_event);
+        let query = change.events.iter().fold(query, outbox::bind_event);
         let updated = match query.fetch_one(self.db.pool()).await {
             Ok(row) => row.try_get::<i64, _>("updated")? == 1,
             // A concurrent delivery of this event recorded it without a change.
@@ -667,30 +661,18 @@ impl OrderStore {
         if !updated {
             return Ok(None);
         }
-        Ok(Some(self.applied(
-            order,
-            status,
-            cancel_reason,
-            now,
-            &events,
-        )))
+        Ok(Some(self.applied(order, change, now)))
     }
 
-    /// The order as a change left it; wakes the relay when the change announced something.
-    fn applied(
-        &self,
-        order: Order,
-        status: Status,
-        cancel_reason: String,
-        now: i64,
-        events: &[Envelope],
-    ) -> Changed {
-        if !events.is_empty() {
+    /// The order as `change` left it at `now`; wakes the relay when the change announced
+    /// something.
+    fn applied(&self, order: Order, change: Change, now: i64) -> Changed {
+        if !change.events.is_empty() {
             self.db.events_committed();
         }
         Changed::Applied(Order {
-            status,
-            cancel_reason,
+            status: change.status,
+            cancel_reason: change.cancel_reason,
             updated_at_ms: now,
             ..order
         })
