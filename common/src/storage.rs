@@ -275,8 +275,8 @@ pub async fn database_on(server_url: &str, name: &str) -> Result<String, Storage
 }
 
 /// Drops database `name` from the PostgreSQL server of `server_url`, ending its sessions first;
-/// nothing if it is gone already. For tests, which make theirs with [`database_on`].
-pub async fn drop_database(server_url: &str, name: &str) -> Result<(), StorageError> {
+/// nothing if it is gone already.
+async fn drop_database(server_url: &str, name: &str) -> Result<(), StorageError> {
     plain_database_name(name)?;
     let mut admin = PgConnection::connect(server_url).await?;
     // `name` was checked to be a plain identifier; DROP DATABASE takes no parameters.
@@ -289,20 +289,24 @@ pub async fn drop_database(server_url: &str, name: &str) -> Result<(), StorageEr
     Ok(())
 }
 
-/// A database made with [`database_on`] for a test: dropped, its sessions ended, when this is,
-/// so a developer's server does not collect them; kept when this is dropped by a panic (a
-/// failed assertion), so the failed test's data can be looked at.
+/// A test's database: dropped, its sessions ended, when this is, so a developer's server does
+/// not collect them; kept when this is dropped by a panic (a failed assertion), so the failed
+/// test's data can be looked at.
 pub struct ScratchDatabase {
     server_url: String,
     name: String,
 }
 
 impl ScratchDatabase {
-    pub fn new(server_url: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            server_url: server_url.into(),
-            name: name.into(),
-        }
+    /// Database `name` made on the server of `server_url` ([`database_on`]): its URL, and the
+    /// guard that drops it.
+    pub async fn create(server_url: &str, name: &str) -> Result<(String, Self), StorageError> {
+        let url = database_on(server_url, name).await?;
+        let guard = Self {
+            server_url: server_url.to_owned(),
+            name: name.to_owned(),
+        };
+        Ok((url, guard))
     }
 }
 

@@ -10,7 +10,7 @@ use shop_common::{
     },
     clock::now_ms,
     events::Envelope,
-    storage::{Db, ScratchDatabase, database_on},
+    storage::{Db, ScratchDatabase},
 };
 use sqlx::Row as _;
 
@@ -42,12 +42,13 @@ async fn postgres() -> anyhow::Result<Option<Database>> {
         return Ok(None);
     };
     let name = format!("test_revocations_{}", uuid::Uuid::new_v4().simple());
-    let db = Db::connect("DATABASE_URL", &database_on(&server, &name).await?).await?;
+    let (url, scratch) = ScratchDatabase::create(&server, &name).await?;
+    let db = Db::connect("DATABASE_URL", &url).await?;
     db.migrate(&MIGRATOR).await?;
     Ok(Some(Database {
         db,
         _dir: None,
-        _scratch: Some(ScratchDatabase::new(server, name)),
+        _scratch: Some(scratch),
     }))
 }
 

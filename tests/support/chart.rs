@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail, ensure};
 use base64::Engine as _;
 use serde_json::Value;
-use shop_common::storage::{ScratchDatabase, database_on};
+use shop_common::storage::ScratchDatabase;
 use tokio::process::{Child, Command};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -390,8 +390,8 @@ impl LocalDeployment {
             .zip(["user", "product", "order", "payment"])
         {
             let database = format!("test_{name}_{run}_{short}");
-            let url = database_on(server, &database).await?;
-            scratch_databases.push(ScratchDatabase::new(server, database));
+            let (url, scratch) = ScratchDatabase::create(server, &database).await?;
+            scratch_databases.push(scratch);
             routed.insert(short, (routes.database)(service, &url)?);
             databases.insert(service, url);
         }

@@ -5,11 +5,7 @@
 
 use std::time::Duration;
 
-use shop_common::{
-    grpc::LIVENESS,
-    service::Start,
-    storage::{ScratchDatabase, database_on},
-};
+use shop_common::{grpc::LIVENESS, service::Start, storage::ScratchDatabase};
 use sqlx::{Connection as _, PgConnection};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +37,7 @@ async fn health_follows_the_database_away_and_back() -> anyhow::Result<()> {
         return Ok(());
     };
     let database = format!("test_ready_{}", uuid::Uuid::new_v4().simple());
-    let url = database_on(&server, &database).await?;
-    let _scratch = ScratchDatabase::new(&server, &database);
+    let (url, _scratch) = ScratchDatabase::create(&server, &database).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();

@@ -7,7 +7,7 @@ use shop_common::{
         Envelope, EventPublisher,
         outbox::{self, Outbox, OutboxRelay, RelayConfig},
     },
-    storage::{Db as Database, ScratchDatabase, database_on},
+    storage::{Db as Database, ScratchDatabase},
 };
 use sqlx::Row as _;
 use tokio::task::JoinHandle;
@@ -55,8 +55,7 @@ impl Db {
             return Ok(None);
         };
         let name = format!("test_outbox_{}", uuid::Uuid::new_v4().simple());
-        let url = database_on(&server, &name).await?;
-        let scratch = ScratchDatabase::new(server, name);
+        let (url, scratch) = ScratchDatabase::create(&server, &name).await?;
         Ok(Some(Self::open(&url, None, Some(scratch)).await?))
     }
 

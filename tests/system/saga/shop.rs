@@ -10,7 +10,7 @@ use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus, RabbitBus},
     service::Start,
-    storage::{ScratchDatabase, database_on},
+    storage::ScratchDatabase,
 };
 use shop_proto::{
     common::v1::Money,
@@ -143,8 +143,9 @@ impl Shop {
                 let mut databases = Vec::new();
                 for service in ["user", "product", "order", "payment"] {
                     let name = format!("test_saga_{run}_{service}");
-                    databases.push(database_on(&server, &name).await?);
-                    pg_databases.push(ScratchDatabase::new(&server, name));
+                    let (url, scratch) = ScratchDatabase::create(&server, &name).await?;
+                    databases.push(url);
+                    pg_databases.push(scratch);
                 }
                 let vhost = format!("test-saga-{run}");
                 add_vhost(&vhost).await?;

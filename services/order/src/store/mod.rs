@@ -100,15 +100,12 @@ mod tests {
             return;
         };
         let name = format!("test_order_store_{}", uuid::Uuid::new_v4().simple());
-        let url = storage::database_on(&server, &name)
+        let (url, _scratch) = storage::ScratchDatabase::create(&server, &name)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         let db = migrated(&url).await;
         check(OrderStore::new(db.clone())).await;
         db.pool().close().await;
-        storage::drop_database(&server, &name)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     fn order(id: &str) -> Order {

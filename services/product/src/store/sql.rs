@@ -258,9 +258,9 @@ impl SqlStore {
     /// duplicate key: the whole statement is undone and the line-by-line path reads the
     /// winner's outcome (against that path's own call for the same order, which claims first,
     /// the two may deadlock: PostgreSQL then fails one, which a retry gets past). Several lines
-    /// keep that path, which locks the products in the lines'
-    /// order; one UPDATE over several rows would lock them in whatever order its plan picks,
-    /// and two such reservations could deadlock.
+    /// keep that path, which locks the products in the lines' order; one UPDATE over several
+    /// rows would lock them in whatever order its plan picks, and two such reservations could
+    /// deadlock.
     async fn reserve_one_line(
         &self,
         order_id: &str,

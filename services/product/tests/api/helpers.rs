@@ -12,7 +12,7 @@ use shop_common::{
     config::Secret,
     events::{EventBus, InProcessBus},
     service::Start,
-    storage::{ScratchDatabase, database_on},
+    storage::ScratchDatabase,
 };
 use shop_proto::{
     common::v1::Money,
@@ -52,8 +52,8 @@ async fn database(
                 eprintln!("skipped: DATABASE_URL is not set, so PostgreSQL is not tested");
                 return Ok(None);
             };
-            let url = database_on(&server, &name).await?;
-            Ok(Some((url, Some(ScratchDatabase::new(server, name)))))
+            let (url, scratch) = ScratchDatabase::create(&server, &name).await?;
+            Ok(Some((url, Some(scratch))))
         }
         Backend::Mongo => {
             let Ok(server) = std::env::var("MONGODB_URL") else {

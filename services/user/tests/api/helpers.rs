@@ -19,7 +19,7 @@ use shop_common::{
         Subscription,
     },
     service::{Start, StartError},
-    storage::{ScratchDatabase, database_on},
+    storage::ScratchDatabase,
 };
 use shop_proto::user::v1::{self as pb, user_service_client::UserServiceClient};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -64,10 +64,11 @@ impl Db {
                     return Ok(None);
                 };
                 let name = format!("test_user_{}", uuid::Uuid::new_v4().simple());
+                let (url, scratch) = ScratchDatabase::create(&server, &name).await?;
                 Ok(Some(Self {
-                    url: database_on(&server, &name).await?,
+                    url,
                     _dir: None,
-                    _scratch: Some(ScratchDatabase::new(server, name)),
+                    _scratch: Some(scratch),
                 }))
             }
         }
